@@ -1,0 +1,1 @@
+//! Shared helpers for Strata benches (filled in with the benches).
