@@ -4,8 +4,11 @@
 pub mod backend;
 pub mod error;
 pub mod limits;
+pub mod membership;
 pub mod prng;
 pub mod proto;
+pub mod raft_log;
+pub mod request;
 pub mod types;
 
 pub use backend::{BackendError, Bucket, KvBackend, MemBackend, WriteBatch};

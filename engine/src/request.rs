@@ -1,0 +1,104 @@
+//! What clients ask of a node and what it answers: etcd's request and response messages,
+//! grouped into one enum per direction so the driver hands the engine any client call.
+
+use crate::proto::etcdserverpb::*;
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Request {
+    Range(RangeRequest),
+    Put(PutRequest),
+    DeleteRange(DeleteRangeRequest),
+    Txn(TxnRequest),
+    Compact(CompactionRequest),
+    LeaseGrant(LeaseGrantRequest),
+    LeaseRevoke(LeaseRevokeRequest),
+    LeaseKeepAlive(LeaseKeepAliveRequest),
+    LeaseTimeToLive(LeaseTimeToLiveRequest),
+    LeaseLeases(LeaseLeasesRequest),
+    MemberAdd(MemberAddRequest),
+    MemberRemove(MemberRemoveRequest),
+    MemberUpdate(MemberUpdateRequest),
+    MemberList(MemberListRequest),
+    MemberPromote(MemberPromoteRequest),
+    Alarm(AlarmRequest),
+    Status(StatusRequest),
+    Hash(HashRequest),
+    HashKv(HashKvRequest),
+    MoveLeader(MoveLeaderRequest),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Response {
+    Range(RangeResponse),
+    Put(PutResponse),
+    DeleteRange(DeleteRangeResponse),
+    Txn(TxnResponse),
+    Compact(CompactionResponse),
+    LeaseGrant(LeaseGrantResponse),
+    LeaseRevoke(LeaseRevokeResponse),
+    LeaseKeepAlive(LeaseKeepAliveResponse),
+    LeaseTimeToLive(LeaseTimeToLiveResponse),
+    LeaseLeases(LeaseLeasesResponse),
+    MemberAdd(MemberAddResponse),
+    MemberRemove(MemberRemoveResponse),
+    MemberUpdate(MemberUpdateResponse),
+    MemberList(MemberListResponse),
+    MemberPromote(MemberPromoteResponse),
+    Alarm(AlarmResponse),
+    Status(StatusResponse),
+    Hash(HashResponse),
+    HashKv(HashKvResponse),
+    MoveLeader(MoveLeaderResponse),
+}
+
+impl Response {
+    /// The response header, to be filled by the node.
+    pub fn header_mut(&mut self) -> &mut Option<ResponseHeader> {
+        match self {
+            Response::Range(r) => &mut r.header,
+            Response::Put(r) => &mut r.header,
+            Response::DeleteRange(r) => &mut r.header,
+            Response::Txn(r) => &mut r.header,
+            Response::Compact(r) => &mut r.header,
+            Response::LeaseGrant(r) => &mut r.header,
+            Response::LeaseRevoke(r) => &mut r.header,
+            Response::LeaseKeepAlive(r) => &mut r.header,
+            Response::LeaseTimeToLive(r) => &mut r.header,
+            Response::LeaseLeases(r) => &mut r.header,
+            Response::MemberAdd(r) => &mut r.header,
+            Response::MemberRemove(r) => &mut r.header,
+            Response::MemberUpdate(r) => &mut r.header,
+            Response::MemberList(r) => &mut r.header,
+            Response::MemberPromote(r) => &mut r.header,
+            Response::Alarm(r) => &mut r.header,
+            Response::Status(r) => &mut r.header,
+            Response::Hash(r) => &mut r.header,
+            Response::HashKv(r) => &mut r.header,
+            Response::MoveLeader(r) => &mut r.header,
+        }
+    }
+}
+
+/// Whether a txn (nested txns included) writes nothing, so it can be served as a read.
+pub fn txn_is_read_only(txn: &TxnRequest) -> bool {
+    txn.success
+        .iter()
+        .chain(&txn.failure)
+        .all(|op| match &op.request {
+            Some(request_op::Request::RequestRange(_)) | None => true,
+            Some(request_op::Request::RequestTxn(t)) => txn_is_read_only(t),
+            Some(_) => false,
+        })
+}
+
+/// Whether a txn could put a key (etcd refuses those while the NOSPACE alarm is raised).
+pub fn txn_has_put(txn: &TxnRequest) -> bool {
+    txn.success
+        .iter()
+        .chain(&txn.failure)
+        .any(|op| match &op.request {
+            Some(request_op::Request::RequestPut(_)) => true,
+            Some(request_op::Request::RequestTxn(t)) => txn_has_put(t),
+            _ => false,
+        })
+}
