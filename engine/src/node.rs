@@ -393,6 +393,11 @@ impl<B: KvBackend> Node<B> {
         self.removed
     }
 
+    /// Stops the node, handing back its backend (a crash, as far as volatile state goes).
+    pub fn into_backend(self) -> B {
+        self.sm.into_backend()
+    }
+
     pub fn take_outputs(&mut self) -> Vec<Output> {
         std::mem::take(&mut self.outputs)
     }

@@ -137,6 +137,10 @@ impl<B: KvBackend> StateMachine<B> {
         &mut self.backend
     }
 
+    pub fn into_backend(self) -> B {
+        self.backend
+    }
+
     pub fn applied(&self) -> (LogIndex, Term) {
         self.applied
     }

@@ -1,0 +1,718 @@
+//! Scripted interaction tests in the style of etcd-io/raft's `testdata/*.txt`: each file in
+//! `engine/testdata/` is a story of commands against an in-memory cluster, each command
+//! followed by `----` and its expected output. `REWRITE=1 cargo test --test scripts` rewrites
+//! the expected outputs from what the engine does (review the diff before committing).
+//!
+//! Commands (arguments `key=value` unless noted; `<n>` is a node number):
+//!   cluster voters=3 [seed=1] [snapshot-count=N] [catch-up=N] [checkpoint-ms=N]
+//!   campaign <n> | tick [count=1] | stabilize | status | elect
+//!   put <n> <key> <value> [lease=ID] [prev-kv] [ignore-value] [ignore-lease]
+//!   get <n> <key> [end=K|prefix|from] [rev=R] [limit=L] [serializable] [keys-only]
+//!       [count-only] [sort=TARGET:ORDER] [min-mod=R] [max-mod=R] [min-create=R] [max-create=R]
+//!   del <n> <key> [end=K|prefix|from] [prev-kv]
+//!   txn <n> [if=CMP;CMP] [then=OP;OP] [else=OP;OP]
+//!       CMP: value(k)=v version(k)>1 create(k)=0 mod(k)<5 lease(k)!=0  (=, !=, >, <)
+//!       OP:  put(k,v) get(k) del(k) del(k..end)
+//!   compact <n> <rev> | hashkv <n> [rev=R] | hash <n> | status-of <n> | alarms <n>
+//!   lease-grant <n> <ttl> [id=ID] | lease-revoke <n> <id> | keepalive <n> <id>
+//!   ttl <n> <id> [keys] | leases <n>
+//!   member-add <n> <peer-url> [learner] | member-remove <n> <id|last> | member-list <n>
+//!   member-promote <n> <id|last> | start-member <id|last>
+//!   transfer-leader <n> <target>
+//!   watch <n> <stream> <key> [end=K|prefix|from] [from-rev=R] [prev-kv] [noput] [nodelete]
+//!       [progress-notify] [id=W]
+//!   watch-cancel <n> <stream> <id> | watch-progress <n> <stream> | events <n>
+//!   submit <n> put <key> <value>  (no waiting; prints the request id) | answers
+//!   partition <n>... | cut <a> <b> | heal | crash <n> | restart <n>
+//!   persist <n> | deliver <from> <to> | drop <from> <to> | log <n>
+//!   advance-ms <ms>   (moves the clock without ticking)
+//!   tick-until-leader  | check-hashes  (HashKV equal on every live node)
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+
+use strata_engine::proto::etcdserverpb::{self as pb, compare, range_request, request_op};
+use strata_engine::proto::mvccpb::{event::EventType, KeyValue};
+use strata_engine::request::{Request, Response};
+use strata_engine::testkit::Cluster;
+use strata_engine::{EtcdError, NodeId, StreamId};
+
+struct Runner {
+    cluster: Option<Cluster>,
+    last_member: u64,
+}
+
+struct Cmd {
+    name: String,
+    pos: Vec<String>,
+    kv: BTreeMap<String, String>,
+}
+
+impl Cmd {
+    fn parse(line: &str) -> Cmd {
+        let mut words = line.split_whitespace();
+        let name = words.next().unwrap_or_default().to_string();
+        let mut pos = Vec::new();
+        let mut kv = BTreeMap::new();
+        for w in words {
+            match w.split_once('=') {
+                Some((k, v)) if !k.contains('(') && !k.is_empty() => {
+                    kv.insert(k.to_string(), v.to_string());
+                }
+                _ => pos.push(w.to_string()),
+            }
+        }
+        Cmd { name, pos, kv }
+    }
+
+    fn node(&self, i: usize) -> NodeId {
+        NodeId(self.pos[i].parse().unwrap_or_else(|_| panic!("{}: bad node {}", self.name, self.pos[i])))
+    }
+
+    fn flag(&self, f: &str) -> bool {
+        self.pos.iter().any(|p| p == f)
+    }
+
+    fn num(&self, k: &str, default: i64) -> i64 {
+        self.kv.get(k).map_or(default, |v| v.parse().unwrap_or_else(|_| panic!("{k}={v}")))
+    }
+}
+
+fn prefix_end(key: &[u8]) -> Vec<u8> {
+    let mut end = key.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+fn range_end(key: &str, end: Option<&String>, cmd: &Cmd) -> Vec<u8> {
+    if cmd.flag("prefix") {
+        return prefix_end(key.as_bytes());
+    }
+    if cmd.flag("from") {
+        return vec![0];
+    }
+    end.map(|e| e.as_bytes().to_vec()).unwrap_or_default()
+}
+
+fn fmt_kv(kv: &KeyValue) -> String {
+    let mut s = format!(
+        "{}={} mod={} create={} ver={}",
+        String::from_utf8_lossy(&kv.key),
+        String::from_utf8_lossy(&kv.value),
+        kv.mod_revision,
+        kv.create_revision,
+        kv.version
+    );
+    if kv.lease != 0 {
+        write!(s, " lease={}", kv.lease).expect("string");
+    }
+    s
+}
+
+fn fmt_error(e: &EtcdError) -> String {
+    format!("error: {e} ({:?})", e.code())
+}
+
+fn fmt_response(resp: &Response) -> String {
+    let mut s = String::new();
+    let rev = |h: &Option<pb::ResponseHeader>| h.as_ref().map_or(0, |h| h.revision);
+    match resp {
+        Response::Put(r) => {
+            write!(s, "ok rev={}", rev(&r.header)).expect("string");
+            if let Some(p) = &r.prev_kv {
+                write!(s, "\nprev: {}", fmt_kv(p)).expect("string");
+            }
+        }
+        Response::Range(r) => fmt_range(&mut s, r),
+        Response::DeleteRange(r) => {
+            write!(s, "deleted={} rev={}", r.deleted, rev(&r.header)).expect("string");
+            for p in &r.prev_kvs {
+                write!(s, "\nprev: {}", fmt_kv(p)).expect("string");
+            }
+        }
+        Response::Txn(r) => {
+            write!(s, "succeeded={} rev={}", r.succeeded, rev(&r.header)).expect("string");
+            for op in &r.responses {
+                match &op.response {
+                    Some(pb::response_op::Response::ResponseRange(rr)) => {
+                        s.push_str("\n  get: ");
+                        let mut inner = String::new();
+                        fmt_range(&mut inner, rr);
+                        s.push_str(&inner.replace('\n', "\n    "));
+                    }
+                    Some(pb::response_op::Response::ResponsePut(_)) => s.push_str("\n  put: ok"),
+                    Some(pb::response_op::Response::ResponseDeleteRange(d)) => {
+                        write!(s, "\n  del: deleted={}", d.deleted).expect("string")
+                    }
+                    Some(pb::response_op::Response::ResponseTxn(t)) => {
+                        write!(s, "\n  txn: succeeded={}", t.succeeded).expect("string")
+                    }
+                    None => s.push_str("\n  (empty)"),
+                }
+            }
+        }
+        Response::Compact(r) => write!(s, "compacted rev={}", rev(&r.header)).expect("string"),
+        Response::LeaseGrant(r) => {
+            write!(s, "granted id={} ttl={}", r.id, r.ttl).expect("string");
+            if !r.error.is_empty() {
+                write!(s, " error={}", r.error).expect("string");
+            }
+        }
+        Response::LeaseRevoke(r) => write!(s, "revoked rev={}", rev(&r.header)).expect("string"),
+        Response::LeaseKeepAlive(r) => write!(s, "kept-alive id={} ttl={}", r.id, r.ttl).expect("string"),
+        Response::LeaseTimeToLive(r) => {
+            write!(s, "id={} ttl={} granted-ttl={}", r.id, r.ttl, r.granted_ttl).expect("string");
+            for k in &r.keys {
+                write!(s, " key={}", String::from_utf8_lossy(k)).expect("string");
+            }
+        }
+        Response::LeaseLeases(r) => {
+            let ids: Vec<String> = r.leases.iter().map(|l| l.id.to_string()).collect();
+            write!(s, "leases=[{}]", ids.join(" ")).expect("string");
+        }
+        Response::MemberAdd(r) => {
+            let m = r.member.as_ref().expect("member");
+            write!(s, "added learner={} peer={}", m.is_learner, m.peer_ur_ls.join(",")).expect("string");
+            write!(s, "\n{}", fmt_members(&r.members)).expect("string");
+        }
+        Response::MemberRemove(r) => write!(s, "removed\n{}", fmt_members(&r.members)).expect("string"),
+        Response::MemberPromote(r) => write!(s, "promoted\n{}", fmt_members(&r.members)).expect("string"),
+        Response::MemberUpdate(r) => write!(s, "updated\n{}", fmt_members(&r.members)).expect("string"),
+        Response::MemberList(r) => s.push_str(&fmt_members(&r.members)),
+        Response::Alarm(r) => {
+            let alarms: Vec<String> = r.alarms.iter().map(|a| format!("{}:{}", a.member_id, a.alarm)).collect();
+            write!(s, "alarms=[{}]", alarms.join(" ")).expect("string");
+        }
+        Response::Status(r) => write!(
+            s,
+            "leader={} term={} applied={} version={} learner={} errors={:?}",
+            r.leader, r.raft_term, r.raft_applied_index, r.version, r.is_learner, r.errors
+        )
+        .expect("string"),
+        Response::Hash(r) => write!(s, "hash={:08x}", r.hash).expect("string"),
+        Response::HashKv(r) => write!(
+            s,
+            "hash={:08x} compact={} hash-rev={}",
+            r.hash, r.compact_revision, r.hash_revision
+        )
+        .expect("string"),
+        Response::MoveLeader(_) => s.push_str("moved"),
+    }
+    s
+}
+
+fn fmt_range(s: &mut String, r: &pb::RangeResponse) {
+    let rev = r.header.as_ref().map_or(0, |h| h.revision);
+    write!(s, "rev={rev} count={} more={}", r.count, r.more).expect("string");
+    for kv in &r.kvs {
+        write!(s, "\n{}", fmt_kv(kv)).expect("string");
+    }
+}
+
+fn fmt_members(members: &[pb::Member]) -> String {
+    let lines: Vec<String> = members
+        .iter()
+        .map(|m| {
+            format!(
+                "member {} learner={} peer={}",
+                if m.id < 100 { format!("n{}", m.id) } else { "new".to_string() },
+                m.is_learner,
+                m.peer_ur_ls.join(",")
+            )
+        })
+        .collect();
+    lines.join("\n")
+}
+
+fn fmt_result(r: &Result<Response, EtcdError>) -> String {
+    match r {
+        Ok(resp) => fmt_response(resp),
+        Err(e) => fmt_error(e),
+    }
+}
+
+fn parse_compare(text: &str) -> pb::Compare {
+    let (target, rest) = text.split_once('(').expect("compare like value(k)=v");
+    let (key, rest) = rest.split_once(')').expect("closing paren");
+    let (op, value) = if let Some(v) = rest.strip_prefix("!=") {
+        (compare::CompareResult::NotEqual, v)
+    } else if let Some(v) = rest.strip_prefix('=') {
+        (compare::CompareResult::Equal, v)
+    } else if let Some(v) = rest.strip_prefix('>') {
+        (compare::CompareResult::Greater, v)
+    } else if let Some(v) = rest.strip_prefix('<') {
+        (compare::CompareResult::Less, v)
+    } else {
+        panic!("bad compare operator in {text}")
+    };
+    let (key, end) = match key.split_once("..") {
+        Some((k, e)) => (k, e.as_bytes().to_vec()),
+        None => (key, Vec::new()),
+    };
+    let num = || value.parse::<i64>().unwrap_or_else(|_| panic!("number in {text}"));
+    let (t, union) = match target {
+        "value" => (compare::CompareTarget::Value, compare::TargetUnion::Value(value.as_bytes().to_vec())),
+        "version" => (compare::CompareTarget::Version, compare::TargetUnion::Version(num())),
+        "create" => (compare::CompareTarget::Create, compare::TargetUnion::CreateRevision(num())),
+        "mod" => (compare::CompareTarget::Mod, compare::TargetUnion::ModRevision(num())),
+        "lease" => (compare::CompareTarget::Lease, compare::TargetUnion::Lease(num())),
+        other => panic!("unknown compare target {other}"),
+    };
+    pb::Compare {
+        result: op as i32,
+        target: t as i32,
+        key: key.as_bytes().to_vec(),
+        range_end: end,
+        target_union: Some(union),
+    }
+}
+
+fn parse_op(text: &str) -> pb::RequestOp {
+    let (name, rest) = text.split_once('(').expect("op like put(k,v)");
+    let args = rest.strip_suffix(')').expect("closing paren");
+    let request = match name {
+        "put" => {
+            let (k, v) = args.split_once(',').expect("put(k,v)");
+            request_op::Request::RequestPut(pb::PutRequest {
+                key: k.as_bytes().to_vec(),
+                value: v.as_bytes().to_vec(),
+                ..Default::default()
+            })
+        }
+        "get" => {
+            let (k, end) = args.split_once("..").map_or((args, ""), |(k, e)| (k, e));
+            request_op::Request::RequestRange(pb::RangeRequest {
+                key: k.as_bytes().to_vec(),
+                range_end: end.as_bytes().to_vec(),
+                ..Default::default()
+            })
+        }
+        "del" => {
+            let (k, end) = args.split_once("..").map_or((args, ""), |(k, e)| (k, e));
+            request_op::Request::RequestDeleteRange(pb::DeleteRangeRequest {
+                key: k.as_bytes().to_vec(),
+                range_end: end.as_bytes().to_vec(),
+                ..Default::default()
+            })
+        }
+        other => panic!("unknown txn op {other}"),
+    };
+    pb::RequestOp { request: Some(request) }
+}
+
+fn split_list(s: Option<&String>) -> Vec<&str> {
+    s.map(|s| s.split(';').filter(|p| !p.is_empty()).collect()).unwrap_or_default()
+}
+
+fn sort_option(spec: &str) -> (i32, i32) {
+    let (target, order) = spec.split_once(':').unwrap_or((spec, "asc"));
+    let target = match target {
+        "key" => range_request::SortTarget::Key,
+        "version" => range_request::SortTarget::Version,
+        "create" => range_request::SortTarget::Create,
+        "mod" => range_request::SortTarget::Mod,
+        "value" => range_request::SortTarget::Value,
+        other => panic!("sort target {other}"),
+    };
+    let order = match order {
+        "none" => range_request::SortOrder::None,
+        "asc" => range_request::SortOrder::Ascend,
+        "desc" => range_request::SortOrder::Descend,
+        other => panic!("sort order {other}"),
+    };
+    (order as i32, target as i32)
+}
+
+impl Runner {
+    fn c(&mut self) -> &mut Cluster {
+        self.cluster.as_mut().expect("script must start with `cluster`")
+    }
+
+    fn member_arg(&self, s: &str) -> u64 {
+        if s == "last" {
+            self.last_member
+        } else {
+            s.parse().unwrap_or_else(|_| panic!("member id {s}"))
+        }
+    }
+
+    fn run(&mut self, line: &str) -> String {
+        let cmd = Cmd::parse(line);
+        match cmd.name.as_str() {
+            "cluster" => {
+                let voters = cmd.num("voters", 3) as u64;
+                let seed = cmd.num("seed", 1) as u64;
+                let snapshot_count = cmd.num("snapshot-count", 0) as u64;
+                let catch_up = cmd.num("catch-up", -1);
+                let checkpoint = cmd.num("checkpoint-ms", 0) as u64;
+                CONFIG.with(|c| *c.borrow_mut() = (snapshot_count, catch_up, checkpoint));
+                self.cluster = Some(Cluster::with_config(voters, seed, configure));
+                "ok".into()
+            }
+            "campaign" => {
+                let n = cmd.node(0);
+                self.c().step(n, strata_engine::node::Input::Campaign);
+                "ok".into()
+            }
+            "tick" => {
+                for _ in 0..cmd.num("count", 1) {
+                    self.c().tick();
+                }
+                "ok".into()
+            }
+            "stabilize" => {
+                self.c().stabilize();
+                "ok".into()
+            }
+            "elect" | "tick-until-leader" => match self.c().elect(500) {
+                Some(l) => format!("leader n{l}"),
+                None => "no leader".into(),
+            },
+            "status" => self.c().status_lines().trim_end().to_string(),
+            "advance-ms" => {
+                let ms = cmd.pos[0].parse::<u64>().expect("ms");
+                self.c().now_ms += ms;
+                "ok".into()
+            }
+            "partition" => {
+                let side: Vec<NodeId> = (0..cmd.pos.len()).map(|i| cmd.node(i)).collect();
+                self.c().partition(&side);
+                "ok".into()
+            }
+            "cut" => {
+                let (a, b) = (cmd.node(0), cmd.node(1));
+                self.c().cut(a, b);
+                "ok".into()
+            }
+            "heal" => {
+                self.c().heal();
+                "ok".into()
+            }
+            "crash" => {
+                let n = cmd.node(0);
+                self.c().crash(n);
+                "ok".into()
+            }
+            "restart" => {
+                let n = cmd.node(0);
+                self.c().restart(n);
+                "ok".into()
+            }
+            "persist" => {
+                let n = cmd.node(0);
+                self.c().persist(n);
+                "ok".into()
+            }
+            "deliver" => {
+                let (a, b) = (cmd.node(0), cmd.node(1));
+                let mut count = 0;
+                while self.c().deliver_one(a, b) {
+                    count += 1;
+                }
+                format!("delivered {count}")
+            }
+            "drop" => {
+                let (a, b) = (cmd.node(0), cmd.node(1));
+                self.c().cut(a, b);
+                let mut count = 0;
+                while self.c().deliver_one(a, b) {
+                    count += 1;
+                }
+                self.c().uncut(a, b);
+                format!("dropped {count}")
+            }
+            "log" => {
+                let n = cmd.node(0);
+                let entries = self.c().node(n).log_entries(strata_engine::LogIndex(0));
+                let lines: Vec<String> = entries
+                    .iter()
+                    .map(|e| format!("{}/{} {:?} {}B", e.index, e.term, e.get_entry_type(), e.data.len()))
+                    .collect();
+                lines.join("\n")
+            }
+            "submit" => {
+                let n = cmd.node(0);
+                assert_eq!(cmd.pos[1], "put", "submit supports put");
+                let req = Request::Put(pb::PutRequest {
+                    key: cmd.pos[2].as_bytes().to_vec(),
+                    value: cmd.pos[3].as_bytes().to_vec(),
+                    ..Default::default()
+                });
+                let id = self.c().submit(n, req);
+                format!("request {id}")
+            }
+            "answers" => {
+                let answers = std::mem::take(&mut self.c().answers);
+                let lines: Vec<String> = answers
+                    .iter()
+                    .map(|a| format!("n{} request {}: {}", a.node, a.id, fmt_result(&a.result)))
+                    .collect();
+                if lines.is_empty() { "none".into() } else { lines.join("\n") }
+            }
+            "start-member" => {
+                let id = self.member_arg(&cmd.pos[0]);
+                self.c().add_node(NodeId(id), Default::default());
+                "ok".into()
+            }
+            "watch" => {
+                let n = cmd.node(0);
+                let stream = StreamId(cmd.pos[1].parse().expect("stream"));
+                let key = cmd.pos[2].clone();
+                let mut filters = Vec::new();
+                if cmd.flag("noput") {
+                    filters.push(pb::watch_create_request::FilterType::Noput as i32);
+                }
+                if cmd.flag("nodelete") {
+                    filters.push(pb::watch_create_request::FilterType::Nodelete as i32);
+                }
+                let req = pb::WatchCreateRequest {
+                    key: key.as_bytes().to_vec(),
+                    range_end: range_end(&key, cmd.kv.get("end"), &cmd),
+                    start_revision: cmd.num("from-rev", 0),
+                    progress_notify: cmd.flag("progress-notify"),
+                    filters,
+                    prev_kv: cmd.flag("prev-kv"),
+                    watch_id: cmd.num("id", 0),
+                    fragment: false,
+                };
+                self.c().watch(n, stream, req);
+                self.c().stabilize();
+                self.events(n)
+            }
+            "watch-cancel" => {
+                let n = cmd.node(0);
+                let stream = StreamId(cmd.pos[1].parse().expect("stream"));
+                let watch_id = strata_engine::WatchId(cmd.pos[2].parse().expect("watch id"));
+                self.c().step(n, strata_engine::node::Input::WatchCancel { stream, watch_id });
+                self.events(n)
+            }
+            "watch-progress" => {
+                let n = cmd.node(0);
+                let stream = StreamId(cmd.pos[1].parse().expect("stream"));
+                self.c().step(n, strata_engine::node::Input::WatchProgress { stream });
+                self.events(n)
+            }
+            "events" => {
+                let n = cmd.node(0);
+                self.events(n)
+            }
+            "check-hashes" => {
+                let c = self.c();
+                let ids: Vec<NodeId> = c.ids().into_iter().filter(|id| c.is_up(*id)).collect();
+                let mut lines = Vec::new();
+                for id in ids {
+                    let r = c.call(id, Request::HashKv(pb::HashKvRequest { revision: 0 }));
+                    lines.push(format!("n{id}: {}", fmt_result(&r)));
+                }
+                lines.join("\n")
+            }
+            _ => self.client_call(&cmd),
+        }
+    }
+
+    fn events(&mut self, n: NodeId) -> String {
+        let outs: Vec<_> = self.c().watch_outputs.iter().filter(|(id, _)| *id == n).cloned().collect();
+        self.c().watch_outputs.retain(|(id, _)| *id != n);
+        let mut lines = Vec::new();
+        for (_, out) in outs {
+            let r = &out.response;
+            let mut s = format!("stream {} watch {}", out.stream, r.watch_id);
+            if r.created {
+                s.push_str(" created");
+            }
+            if r.canceled {
+                write!(s, " canceled reason={:?}", r.cancel_reason).expect("string");
+            }
+            if r.compact_revision != 0 {
+                write!(s, " compact-rev={}", r.compact_revision).expect("string");
+            }
+            if r.events.is_empty() && !r.created && !r.canceled {
+                write!(s, " progress rev={}", r.header.as_ref().map_or(0, |h| h.revision)).expect("string");
+            }
+            for ev in &r.events {
+                let kind = if ev.r#type == EventType::Put as i32 { "PUT" } else { "DELETE" };
+                let kv = ev.kv.as_ref().expect("event kv");
+                write!(s, "\n  {kind} {}", fmt_kv(kv)).expect("string");
+                if let Some(p) = &ev.prev_kv {
+                    write!(s, " (prev {})", fmt_kv(p)).expect("string");
+                }
+            }
+            lines.push(s);
+        }
+        if lines.is_empty() { "no events".into() } else { lines.join("\n") }
+    }
+
+    fn client_call(&mut self, cmd: &Cmd) -> String {
+        let n = cmd.node(0);
+        let arg = |i: usize| cmd.pos.get(i).cloned().unwrap_or_default();
+        let request = match cmd.name.as_str() {
+            "put" => Request::Put(pb::PutRequest {
+                key: arg(1).into_bytes(),
+                value: arg(2).into_bytes(),
+                lease: cmd.num("lease", 0),
+                prev_kv: cmd.flag("prev-kv"),
+                ignore_value: cmd.flag("ignore-value"),
+                ignore_lease: cmd.flag("ignore-lease"),
+            }),
+            "get" => {
+                let key = arg(1);
+                let (sort_order, sort_target) = cmd.kv.get("sort").map_or((0, 0), |s| sort_option(s));
+                Request::Range(pb::RangeRequest {
+                    range_end: range_end(&key, cmd.kv.get("end"), cmd),
+                    key: key.into_bytes(),
+                    limit: cmd.num("limit", 0),
+                    revision: cmd.num("rev", 0),
+                    sort_order,
+                    sort_target,
+                    serializable: cmd.flag("serializable"),
+                    keys_only: cmd.flag("keys-only"),
+                    count_only: cmd.flag("count-only"),
+                    min_mod_revision: cmd.num("min-mod", 0),
+                    max_mod_revision: cmd.num("max-mod", 0),
+                    min_create_revision: cmd.num("min-create", 0),
+                    max_create_revision: cmd.num("max-create", 0),
+                })
+            }
+            "del" => {
+                let key = arg(1);
+                Request::DeleteRange(pb::DeleteRangeRequest {
+                    range_end: range_end(&key, cmd.kv.get("end"), cmd),
+                    key: key.into_bytes(),
+                    prev_kv: cmd.flag("prev-kv"),
+                })
+            }
+            "txn" => Request::Txn(pb::TxnRequest {
+                compare: split_list(cmd.kv.get("if")).into_iter().map(parse_compare).collect(),
+                success: split_list(cmd.kv.get("then")).into_iter().map(parse_op).collect(),
+                failure: split_list(cmd.kv.get("else")).into_iter().map(parse_op).collect(),
+            }),
+            "compact" => Request::Compact(pb::CompactionRequest {
+                revision: arg(1).parse().expect("revision"),
+                physical: true,
+            }),
+            "hashkv" => Request::HashKv(pb::HashKvRequest { revision: cmd.num("rev", 0) }),
+            "hash" => Request::Hash(pb::HashRequest {}),
+            "status-of" => Request::Status(pb::StatusRequest {}),
+            "alarms" => Request::Alarm(pb::AlarmRequest { action: 0, member_id: 0, alarm: 0 }),
+            "lease-grant" => Request::LeaseGrant(pb::LeaseGrantRequest {
+                ttl: arg(1).parse().expect("ttl"),
+                id: cmd.num("id", 0),
+            }),
+            "lease-revoke" => Request::LeaseRevoke(pb::LeaseRevokeRequest { id: arg(1).parse().expect("id") }),
+            "keepalive" => Request::LeaseKeepAlive(pb::LeaseKeepAliveRequest { id: arg(1).parse().expect("id") }),
+            "ttl" => Request::LeaseTimeToLive(pb::LeaseTimeToLiveRequest {
+                id: arg(1).parse().expect("id"),
+                keys: cmd.flag("keys"),
+            }),
+            "leases" => Request::LeaseLeases(pb::LeaseLeasesRequest {}),
+            "member-add" => Request::MemberAdd(pb::MemberAddRequest {
+                peer_ur_ls: vec![arg(1)],
+                is_learner: cmd.flag("learner"),
+            }),
+            "member-remove" => Request::MemberRemove(pb::MemberRemoveRequest { id: self.member_arg(&arg(1)) }),
+            "member-promote" => Request::MemberPromote(pb::MemberPromoteRequest { id: self.member_arg(&arg(1)) }),
+            "member-list" => Request::MemberList(pb::MemberListRequest { linearizable: true }),
+            "transfer-leader" => Request::MoveLeader(pb::MoveLeaderRequest { target_id: arg(1).parse().expect("target") }),
+            other => panic!("unknown command {other}"),
+        };
+        let result = self.c().call(n, request);
+        if let Ok(Response::MemberAdd(r)) = &result {
+            self.last_member = r.member.as_ref().map_or(0, |m| m.id);
+        }
+        fmt_result(&result)
+    }
+}
+
+thread_local! {
+    static CONFIG: std::cell::RefCell<(u64, i64, u64)> = const { std::cell::RefCell::new((0, -1, 0)) };
+}
+
+fn configure(config: &mut strata_engine::node::Config) {
+    CONFIG.with(|c| {
+        let (snapshot_count, catch_up, checkpoint) = *c.borrow();
+        if snapshot_count > 0 {
+            config.limits.snapshot_count = snapshot_count;
+        }
+        if catch_up >= 0 {
+            config.limits.snapshot_catch_up_entries = catch_up as u64;
+        }
+        if checkpoint > 0 {
+            config.limits.lease_checkpoint_interval_ms = checkpoint;
+        }
+    });
+}
+
+/// Runs one script; returns the text with outputs as the engine produced them.
+fn run_script(text: &str) -> String {
+    let mut runner = Runner { cluster: None, last_member: 0 };
+    let mut out = String::new();
+    let mut lines = text.lines().peekable();
+    while let Some(line) = lines.next() {
+        out.push_str(line);
+        out.push('\n');
+        let trimmed = line.trim();
+        if trimmed.is_empty() || trimmed.starts_with('#') {
+            continue;
+        }
+        assert_eq!(lines.next(), Some("----"), "command `{trimmed}` must be followed by ----");
+        // Skip the old expected output: every line up to a blank line or the end.
+        while let Some(l) = lines.peek() {
+            if l.trim().is_empty() {
+                break;
+            }
+            lines.next();
+        }
+        let result = runner.run(trimmed);
+        out.push_str("----\n");
+        out.push_str(result.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+#[test]
+fn scripts() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata");
+    let rewrite = std::env::var_os("REWRITE").is_some();
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .expect("engine/testdata")
+        .map(|e| e.expect("dir entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "txt"))
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "no scripts in {}", dir.display());
+    let mut failures = Vec::new();
+    for path in &files {
+        let text = std::fs::read_to_string(path).expect("read script");
+        let got = run_script(&text);
+        if got != text {
+            if rewrite {
+                std::fs::write(path, &got).expect("rewrite script");
+            } else {
+                failures.push(format!("{}:\n{}", path.display(), diff(&text, &got)));
+            }
+        }
+    }
+    println!("{} scripts run", files.len());
+    assert!(failures.is_empty(), "scripts differ (REWRITE=1 to accept):\n{}", failures.join("\n"));
+}
+
+fn diff(want: &str, got: &str) -> String {
+    let mut s = String::new();
+    for (i, (w, g)) in want.lines().zip(got.lines()).enumerate() {
+        if w != g {
+            writeln!(s, "line {}:\n  want: {w}\n  got:  {g}", i + 1).expect("string");
+            break;
+        }
+    }
+    if s.is_empty() {
+        writeln!(s, "lengths differ: want {} lines, got {}", want.lines().count(), got.lines().count()).expect("string");
+    }
+    s
+}
