@@ -3,6 +3,7 @@
 
 pub mod backend;
 pub mod error;
+pub mod lease;
 pub mod limits;
 pub mod prng;
 pub mod proto;
