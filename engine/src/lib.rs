@@ -8,6 +8,7 @@ pub mod limits;
 pub mod prng;
 pub mod proto;
 pub mod types;
+pub mod watch;
 
 pub use backend::{BackendError, Bucket, KvBackend, MemBackend, WriteBatch};
 pub use error::{EtcdError, GrpcCode};
