@@ -45,8 +45,9 @@
 //! remaining TTL is recorded; the driver replicates a checkpoint with `remaining_ttl = 0` and
 //! answers the keep-alive only once it is applied. Since only the first keep-alive after a
 //! checkpoint needs this, each lease costs at most two raft entries per checkpoint interval.
-//! Unlike etcd before 3.6 (#13491), checkpoints are always on and always persisted, so they also
-//! survive restarts.
+//! etcd makes checkpointing opt-in (the `LeaseCheckpoint` feature gate, off by default even in
+//! 3.6) and persisted checkpoints only since PR #13491; Strata always checkpoints and persists,
+//! so remaining TTLs survive restarts as well as leader changes.
 //!
 //! # Ordering contract
 //!
