@@ -3,6 +3,7 @@
 
 pub mod backend;
 pub mod error;
+pub mod lease;
 pub mod limits;
 pub mod membership;
 pub mod prng;
@@ -10,6 +11,7 @@ pub mod proto;
 pub mod raft_log;
 pub mod request;
 pub mod types;
+pub mod watch;
 
 pub use backend::{BackendError, Bucket, KvBackend, MemBackend, WriteBatch};
 pub use error::{EtcdError, GrpcCode};
