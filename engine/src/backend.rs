@@ -215,9 +215,7 @@ impl KvBackend for MemBackend {
 
     fn replace_all(&mut self, records: Vec<BatchOp>) -> Result<(), BackendError> {
         *self = MemBackend::new();
-        let mut batch = WriteBatch::default();
-        batch.ops = records;
-        self.write(batch)
+        self.write(WriteBatch { ops: records })
     }
 
     fn size_bytes(&self) -> u64 {
