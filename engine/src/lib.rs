@@ -4,6 +4,7 @@
 pub mod backend;
 pub mod error;
 pub mod limits;
+pub mod mvcc;
 pub mod prng;
 pub mod proto;
 pub mod types;
@@ -11,4 +12,5 @@ pub mod types;
 pub use backend::{BackendError, Bucket, KvBackend, MemBackend, WriteBatch};
 pub use error::{EtcdError, GrpcCode};
 pub use limits::Limits;
+pub use mvcc::MvccStore;
 pub use types::*;
