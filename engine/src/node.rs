@@ -116,7 +116,9 @@ pub fn bootstrap_log(members: &[MemberRecord]) -> PersistedLog {
         e.set_entry_type(EntryType::EntryConfChangeV2);
         e.index = i as u64 + 1;
         e.term = 1;
-        e.data = protobuf::Message::write_to_bytes(&cc).expect("encode conf change").into();
+        e.data = protobuf::Message::write_to_bytes(&cc)
+            .expect("encode conf change")
+            .into();
         entries.push(e);
     }
     let mut hard_state = HardState::default();
@@ -157,20 +159,35 @@ pub enum Input {
     /// A raft message from a peer.
     Message(Box<Message>),
     /// Every `Persist` output up to `number` is durable.
-    Persisted { number: u64 },
+    Persisted {
+        number: u64,
+    },
     /// A client request submitted to this node.
-    Request { id: RequestId, request: Request },
+    Request {
+        id: RequestId,
+        request: Request,
+    },
     WatchCreate {
         stream: StreamId,
         request: pb::WatchCreateRequest,
     },
-    WatchCancel { stream: StreamId, watch_id: WatchId },
-    WatchProgress { stream: StreamId },
-    WatchStreamClosed { stream: StreamId },
+    WatchCancel {
+        stream: StreamId,
+        watch_id: WatchId,
+    },
+    WatchProgress {
+        stream: StreamId,
+    },
+    WatchStreamClosed {
+        stream: StreamId,
+    },
     /// The transport could not reach a peer.
     Unreachable(NodeId),
     /// Sending a snapshot to a peer finished.
-    SnapshotSent { to: NodeId, ok: bool },
+    SnapshotSent {
+        to: NodeId,
+        ok: bool,
+    },
     /// Campaign now instead of waiting for the election timeout.
     Campaign,
 }
@@ -194,14 +211,20 @@ pub enum Output {
     Send(Message),
     Persist(PersistTask),
     /// Entries up to `index` are in a snapshot of the state machine; the driver may delete them.
-    CompactLog { index: LogIndex, term: Term },
+    CompactLog {
+        index: LogIndex,
+        term: Term,
+    },
     Respond {
         id: RequestId,
         result: Result<Response, EtcdError>,
     },
     Watch(WatchOutput),
     /// The node's view of the leader changed.
-    LeaderChanged { leader: Option<NodeId>, term: Term },
+    LeaderChanged {
+        leader: Option<NodeId>,
+        term: Term,
+    },
     /// This member was removed from the cluster; the driver should stop it.
     Removed,
 }
@@ -334,6 +357,9 @@ impl<B: KvBackend> Node<B> {
         };
         node.rearm_election_timeout();
         node.last_term = node.raw.raft.term;
+        // Apply what the log already holds as committed (bootstrap conf changes, or entries
+        // committed before a restart but not yet in the backend).
+        node.handle_ready()?;
         Ok(node)
     }
 
@@ -456,7 +482,10 @@ impl<B: KvBackend> Node<B> {
     }
 
     fn revisions(&self) -> (Revision, Revision) {
-        (self.sm.mvcc.current_revision(), self.sm.mvcc.compact_revision())
+        (
+            self.sm.mvcc.current_revision(),
+            self.sm.mvcc.compact_revision(),
+        )
     }
 
     /// raft-rs re-draws the election timeout from `thread_rng` whenever it resets term or
@@ -466,7 +495,11 @@ impl<B: KvBackend> Node<B> {
         if raft.term != self.last_term || raft.state != self.last_role {
             self.rearm_election_timeout();
         }
-        let (term, role, leader) = (self.raw.raft.term, self.raw.raft.state, self.raw.raft.leader_id);
+        let (term, role, leader) = (
+            self.raw.raft.term,
+            self.raw.raft.state,
+            self.raw.raft.leader_id,
+        );
         let role_changed = role != self.last_role;
         let leader_changed = leader != self.last_leader || term != self.last_term;
         self.last_term = term;
@@ -637,10 +670,9 @@ impl<B: KvBackend> Node<B> {
     fn on_applied(&mut self, applied: Applied, events: &mut Vec<Event>) -> Result<(), Fatal> {
         if let Some(cc) = &applied.conf_change {
             let cs = self.raw.apply_conf_change(cc)?;
-            let removed_self = cc
-                .get_changes()
-                .iter()
-                .any(|c| c.get_change_type() == ConfChangeType::RemoveNode && c.node_id == self.config.id.0);
+            let removed_self = cc.get_changes().iter().any(|c| {
+                c.get_change_type() == ConfChangeType::RemoveNode && c.node_id == self.config.id.0
+            });
             self.sm.set_conf_state(cs);
             if removed_self {
                 self.removed = true;
@@ -668,10 +700,12 @@ impl<B: KvBackend> Node<B> {
                     members: self.sm.members.list(),
                 }))
             }
-            (PendingKind::MemberRemove, Ok(_)) => Ok(Response::MemberRemove(pb::MemberRemoveResponse {
-                header: None,
-                members: self.sm.members.list(),
-            })),
+            (PendingKind::MemberRemove, Ok(_)) => {
+                Ok(Response::MemberRemove(pb::MemberRemoveResponse {
+                    header: None,
+                    members: self.sm.members.list(),
+                }))
+            }
             (PendingKind::MemberPromote, Ok(_)) => {
                 Ok(Response::MemberPromote(pb::MemberPromoteResponse {
                     header: None,
@@ -792,7 +826,10 @@ impl<B: KvBackend> Node<B> {
                     .into_iter()
                     .map(|l| pb::LeaseStatus { id: l.0 })
                     .collect();
-                let resp = pb::LeaseLeasesResponse { header: None, leases };
+                let resp = pb::LeaseLeasesResponse {
+                    header: None,
+                    leases,
+                };
                 self.respond(id, Ok(Response::LeaseLeases(resp)));
                 Ok(())
             }
@@ -834,7 +871,10 @@ impl<B: KvBackend> Node<B> {
             }
             Request::Hash(_) => {
                 let hash = self.sm.hash()?;
-                self.respond(id, Ok(Response::Hash(pb::HashResponse { header: None, hash })));
+                self.respond(
+                    id,
+                    Ok(Response::Hash(pb::HashResponse { header: None, hash })),
+                );
                 Ok(())
             }
             Request::HashKv(h) => {
@@ -947,7 +987,8 @@ impl<B: KvBackend> Node<B> {
 
     fn track(&mut self, proposal: u64, id: RequestId, kind: PendingKind) {
         let deadline = self.ticks + self.config.request_timeout_ticks;
-        self.pending.insert(proposal, Pending { id, kind, deadline });
+        self.pending
+            .insert(proposal, Pending { id, kind, deadline });
     }
 
     fn unavailable(&self) -> EtcdError {
@@ -1008,7 +1049,11 @@ impl<B: KvBackend> Node<B> {
             return Ok(());
         }
         let deadline = self.ticks + self.config.request_timeout_ticks;
-        self.unsent_reads.push(WaitingRead { id, request, deadline });
+        self.unsent_reads.push(WaitingRead {
+            id,
+            request,
+            deadline,
+        });
         Ok(())
     }
 
@@ -1047,7 +1092,9 @@ impl<B: KvBackend> Node<B> {
     }
 
     fn on_read_state(&mut self, index: u64, ctx: &[u8]) {
-        let Ok(bytes) = <[u8; 8]>::try_from(ctx) else { return };
+        let Ok(bytes) = <[u8; 8]>::try_from(ctx) else {
+            return;
+        };
         if let Some(batch) = self.inflight_reads.remove(&u64::from_be_bytes(bytes)) {
             self.ready_reads.push_back((LogIndex(index), batch.reads));
         }
@@ -1074,7 +1121,9 @@ impl<B: KvBackend> Node<B> {
     /// raft-rs drops read-index requests it cannot serve (no leader, or a leader that has not
     /// committed in its term yet): re-send those that saw no answer.
     fn requeue_stale_reads(&mut self) {
-        let stale_before = self.ticks.saturating_sub(self.config.heartbeat_ticks as u64 * 3);
+        let stale_before = self
+            .ticks
+            .saturating_sub(self.config.heartbeat_ticks as u64 * 3);
         let stale: Vec<u64> = self
             .inflight_reads
             .iter()
@@ -1141,7 +1190,8 @@ impl<B: KvBackend> Node<B> {
 
     /// The leader alone decides expiry, and replicates it as a revoke.
     fn expire_leases(&mut self) {
-        let per_tick = (limits::LEASE_REVOKE_RATE_PER_SEC as u64 * self.config.tick_ms / 1000).max(1);
+        let per_tick =
+            (limits::LEASE_REVOKE_RATE_PER_SEC as u64 * self.config.tick_ms / 1000).max(1);
         for lease in self.sm.lessor.expired(self.now_ms, per_tick as usize) {
             let revoke = pb::LeaseRevokeRequest { id: lease.0 };
             self.propose_internal(internal_request::Request::LeaseRevoke(revoke));
@@ -1228,9 +1278,7 @@ impl<B: KvBackend> Node<B> {
         let prs = self.raw.raft.prs();
         let started = voters
             .iter()
-            .filter(|v| {
-                v.0 == self.config.id.0 || prs.get(v.0).is_some_and(|p| p.recent_active)
-            })
+            .filter(|v| v.0 == self.config.id.0 || prs.get(v.0).is_some_and(|p| p.recent_active))
             .count();
         started >= voters.len() / 2 + 1
     }
@@ -1286,11 +1334,7 @@ impl<B: KvBackend> Node<B> {
         if !self.is_leader() {
             return Err(EtcdError::NotLeader.into());
         }
-        let is_voter = self
-            .sm
-            .members
-            .get(target)
-            .is_some_and(|m| !m.is_learner);
+        let is_voter = self.sm.members.get(target).is_some_and(|m| !m.is_learner);
         if !is_voter {
             return Err(EtcdError::BadLeaderTransferee.into());
         }
@@ -1311,7 +1355,9 @@ impl<B: KvBackend> Node<B> {
     fn maybe_snapshot(&mut self) -> Result<(), Fatal> {
         let applied = self.sm.applied().0;
         let limits = &self.config.limits;
-        if applied.0 < self.last_compaction.0 + limits.snapshot_count + limits.snapshot_catch_up_entries {
+        if applied.0
+            < self.last_compaction.0 + limits.snapshot_count + limits.snapshot_catch_up_entries
+        {
             return Ok(());
         }
         let index = LogIndex(applied.0 - limits.snapshot_catch_up_entries);
@@ -1374,11 +1420,14 @@ impl<B: KvBackend> History for MvccHistory<'_, B> {
 
 fn txn_is_serializable(txn: &pb::TxnRequest) -> bool {
     use pb::request_op::Request as Op;
-    txn.success.iter().chain(&txn.failure).all(|op| match &op.request {
-        Some(Op::RequestRange(r)) => r.serializable,
-        Some(Op::RequestTxn(t)) => txn_is_serializable(t),
-        _ => true,
-    })
+    txn.success
+        .iter()
+        .chain(&txn.failure)
+        .all(|op| match &op.request {
+            Some(Op::RequestRange(r)) => r.serializable,
+            Some(Op::RequestTxn(t)) => txn_is_serializable(t),
+            _ => true,
+        })
 }
 
 fn alarm_name(alarm: i32) -> &'static str {

@@ -89,34 +89,8 @@ fn alarm_key(member: u64, alarm: i32) -> Vec<u8> {
 impl<B: KvBackend> StateMachine<B> {
     /// Opens the state machine over `backend`, rebuilding every in-memory index.
     pub fn open(backend: B, min_lease_ttl_secs: i64) -> Result<StateMachine<B>, BackendError> {
-        let mvcc = MvccStore::open(&backend)?;
-        let mut lessor = Lessor::open(&backend, min_lease_ttl_secs)?;
-        for (key, lease) in mvcc.lease_keys() {
-            if lessor.contains(lease) {
-                lessor.attach(lease, &key);
-            }
-        }
-        let members = Members::open(&backend)?;
-        let mut alarms = BTreeSet::new();
-        backend.scan(Bucket::Alarm, b"", None, &mut |k, _| {
-            if k.len() == 12 {
-                let member = u64::from_be_bytes(k[..8].try_into().expect("8 bytes"));
-                let alarm = i32::from_be_bytes(k[8..].try_into().expect("4 bytes"));
-                alarms.insert((member, alarm));
-            }
-            Scan::Continue
-        })?;
-        let applied = (
-            LogIndex(read_u64(&backend, META_APPLIED_INDEX)?),
-            Term(read_u64(&backend, META_APPLIED_TERM)?),
-        );
-        let conf_state = match backend.get(Bucket::Meta, META_CONF_STATE)? {
-            None => ConfState::default(),
-            Some(v) => protobuf::Message::parse_from_bytes(&v).map_err(|e| BackendError {
-                op: "decode conf state",
-                reason: e.to_string(),
-            })?,
-        };
+        let (mvcc, lessor, members, alarms, applied, conf_state) =
+            Self::open_parts(&backend, min_lease_ttl_secs)?;
         Ok(StateMachine {
             backend,
             mvcc,
@@ -157,7 +131,9 @@ impl<B: KvBackend> StateMachine<B> {
     }
 
     pub fn nospace(&self) -> bool {
-        self.alarms.iter().any(|&(_, a)| a == AlarmType::Nospace as i32)
+        self.alarms
+            .iter()
+            .any(|&(_, a)| a == AlarmType::Nospace as i32)
     }
 
     /// Applies one committed entry. The caller must call [`StateMachine::commit`] before the
@@ -170,8 +146,16 @@ impl<B: KvBackend> StateMachine<B> {
             self.applied.0
         );
         self.applied = (index, Term(entry.term));
-        self.batch.put(Bucket::Meta, META_APPLIED_INDEX.to_vec(), entry.index.to_be_bytes().to_vec());
-        self.batch.put(Bucket::Meta, META_APPLIED_TERM.to_vec(), entry.term.to_be_bytes().to_vec());
+        self.batch.put(
+            Bucket::Meta,
+            META_APPLIED_INDEX.to_vec(),
+            entry.index.to_be_bytes().to_vec(),
+        );
+        self.batch.put(
+            Bucket::Meta,
+            META_APPLIED_TERM.to_vec(),
+            entry.term.to_be_bytes().to_vec(),
+        );
         match entry.get_entry_type() {
             EntryType::EntryNormal if entry.data.is_empty() => Ok(Applied::default()),
             EntryType::EntryNormal => self.apply_normal(&entry.data, now_ms),
@@ -238,8 +222,9 @@ impl<B: KvBackend> StateMachine<B> {
                     return Err(EtcdError::NoSpace.into());
                 }
                 let lessor = &self.lessor;
-                let (resp, events) =
-                    self.mvcc.put(&self.backend, &put, &|id| lessor.contains(id))?;
+                let (resp, events) = self
+                    .mvcc
+                    .put(&self.backend, &put, &|id| lessor.contains(id))?;
                 self.track_leases(&events);
                 Ok((Response::Put(resp), events))
             }
@@ -253,8 +238,9 @@ impl<B: KvBackend> StateMachine<B> {
                     return Err(EtcdError::NoSpace.into());
                 }
                 let lessor = &self.lessor;
-                let (resp, events) =
-                    self.mvcc.txn(&self.backend, &txn, &|id| lessor.contains(id))?;
+                let (resp, events) = self
+                    .mvcc
+                    .txn(&self.backend, &txn, &|id| lessor.contains(id))?;
                 self.track_leases(&events);
                 Ok((Response::Txn(resp), events))
             }
@@ -266,13 +252,18 @@ impl<B: KvBackend> StateMachine<B> {
                 if nospace {
                     return Err(EtcdError::NoSpace.into());
                 }
-                let resp = self.lessor.grant(LeaseId(g.id), g.ttl, now_ms, &mut self.batch)?;
+                let resp = self
+                    .lessor
+                    .grant(LeaseId(g.id), g.ttl, now_ms, &mut self.batch)?;
                 Ok((Response::LeaseGrant(resp), Vec::new()))
             }
             R::LeaseRevoke(r) => {
                 let keys = self.lessor.revoke(LeaseId(r.id), &mut self.batch)?;
                 let events = self.mvcc.delete_keys(&self.backend, &keys)?;
-                Ok((Response::LeaseRevoke(LeaseRevokeResponse::default()), events))
+                Ok((
+                    Response::LeaseRevoke(LeaseRevokeResponse::default()),
+                    events,
+                ))
             }
             R::LeaseCheckpoint(cps) => {
                 for cp in &cps.checkpoints {
@@ -281,7 +272,10 @@ impl<B: KvBackend> StateMachine<B> {
                     }
                 }
                 // The reply (if a keep-alive waits on a checkpoint reset) is built by the node.
-                Ok((Response::LeaseRevoke(LeaseRevokeResponse::default()), Vec::new()))
+                Ok((
+                    Response::LeaseRevoke(LeaseRevokeResponse::default()),
+                    Vec::new(),
+                ))
             }
             R::Alarm(a) => {
                 self.apply_alarm(a.action, a.member_id, a.alarm);
@@ -299,7 +293,8 @@ impl<B: KvBackend> StateMachine<B> {
                 if self.members.peer_url_taken(&m.peer_urls, Some(id)) {
                     return Err(EtcdError::PeerUrlExist.into());
                 }
-                self.members.update_peer_urls(id, m.peer_urls, &mut self.batch);
+                self.members
+                    .update_peer_urls(id, m.peer_urls, &mut self.batch);
                 let resp = MemberUpdateResponse {
                     header: None,
                     members: self.members.list(),
@@ -328,7 +323,9 @@ impl<B: KvBackend> StateMachine<B> {
     /// lease, a delete detaches it.
     fn track_leases(&mut self, events: &[Event]) {
         for ev in events {
-            let (Some(kv), prev) = (&ev.kv, &ev.prev_kv) else { continue };
+            let (Some(kv), prev) = (&ev.kv, &ev.prev_kv) else {
+                continue;
+            };
             if let Some(prev) = prev {
                 if prev.lease != 0 && self.lessor.contains(LeaseId(prev.lease)) {
                     self.lessor.detach(LeaseId(prev.lease), &prev.key);
@@ -354,7 +351,10 @@ impl<B: KvBackend> StateMachine<B> {
             panic!("entry {}: conf change without a member record", entry.index);
         };
         let change = cc.get_changes().first().cloned().unwrap_or_else(|| {
-            panic!("entry {}: Strata proposes one change per conf change", entry.index)
+            panic!(
+                "entry {}: Strata proposes one change per conf change",
+                entry.index
+            )
         });
         let id = NodeId(change.node_id);
         let verdict = self.validate_conf_change(change.get_change_type(), id, &member);
@@ -470,17 +470,22 @@ impl<B: KvBackend> StateMachine<B> {
             });
         }
         self.backend.replace_all(ops)?;
-        let was_primary = self.lessor.is_primary();
-        let backend = std::mem::replace(&mut self.batch, WriteBatch::default());
-        assert!(backend.is_empty(), "snapshot installed over uncommitted writes");
-        let reopened = Self::open_parts(&self.backend, min_lease_ttl_secs)?;
-        self.mvcc = reopened.0;
-        self.lessor = reopened.1;
-        self.members = reopened.2;
-        self.alarms = reopened.3;
-        self.applied = reopened.4;
-        self.conf_state = reopened.5;
-        assert!(!was_primary, "a leader never installs a snapshot");
+        assert!(
+            !self.lessor.is_primary(),
+            "a leader never installs a snapshot"
+        );
+        assert!(
+            self.batch.is_empty(),
+            "snapshot installed over uncommitted writes"
+        );
+        let (mvcc, lessor, members, alarms, applied, conf_state) =
+            Self::open_parts(&self.backend, min_lease_ttl_secs)?;
+        self.mvcc = mvcc;
+        self.lessor = lessor;
+        self.members = members;
+        self.alarms = alarms;
+        self.applied = applied;
+        self.conf_state = conf_state;
         Ok(())
     }
 
@@ -489,7 +494,14 @@ impl<B: KvBackend> StateMachine<B> {
         backend: &B,
         min_lease_ttl_secs: i64,
     ) -> Result<
-        (MvccStore, Lessor, Members, BTreeSet<(u64, i32)>, (LogIndex, Term), ConfState),
+        (
+            MvccStore,
+            Lessor,
+            Members,
+            BTreeSet<(u64, i32)>,
+            (LogIndex, Term),
+            ConfState,
+        ),
         BackendError,
     > {
         let mvcc = MvccStore::open(backend)?;
@@ -530,8 +542,8 @@ impl<B: KvBackend> StateMachine<B> {
         let mut digest = crc.digest();
         for bucket in Bucket::ALL {
             self.backend.scan(bucket, b"", None, &mut |k, v| {
-                let ignored = bucket == Bucket::Meta
-                    && (k == META_APPLIED_INDEX || k == META_APPLIED_TERM);
+                let ignored =
+                    bucket == Bucket::Meta && (k == META_APPLIED_INDEX || k == META_APPLIED_TERM);
                 if !ignored {
                     digest.update(&[bucket.tag()]);
                     digest.update(k);

@@ -146,7 +146,9 @@ impl Cluster {
     /// Starts a node that joins with an empty log (after `member-add`), or from a given log.
     pub fn add_node(&mut self, id: NodeId, log: PersistedLog) {
         let config = self.make_config(id);
-        let node = Node::open(config.clone(), MemBackend::new(), log.clone()).expect("open node");
+        let mut node =
+            Node::open(config.clone(), MemBackend::new(), log.clone()).expect("open node");
+        let outputs = node.take_outputs();
         self.nodes.insert(
             id,
             SimNode {
@@ -158,6 +160,9 @@ impl Cluster {
                 boots: 1,
             },
         );
+        for out in outputs {
+            self.route(id, out);
+        }
     }
 
     pub fn ids(&self) -> Vec<NodeId> {
@@ -165,7 +170,10 @@ impl Cluster {
     }
 
     pub fn node(&self, id: NodeId) -> &Node<MemBackend> {
-        self.nodes[&id].node.as_ref().unwrap_or_else(|| panic!("n{id} is down"))
+        self.nodes[&id]
+            .node
+            .as_ref()
+            .unwrap_or_else(|| panic!("n{id} is down"))
     }
 
     pub fn is_up(&self, id: NodeId) -> bool {
@@ -179,8 +187,12 @@ impl Cluster {
     /// Feeds one input to a live node and routes its outputs.
     pub fn step(&mut self, id: NodeId, input: Input) {
         let now = self.now_ms;
-        let Some(sim) = self.nodes.get_mut(&id) else { return };
-        let Some(node) = sim.node.as_mut() else { return };
+        let Some(sim) = self.nodes.get_mut(&id) else {
+            return;
+        };
+        let Some(node) = sim.node.as_mut() else {
+            return;
+        };
         if let Err(e) = node.step(now, input) {
             panic!("n{id}: fatal: {e}");
         }
@@ -203,12 +215,23 @@ impl Cluster {
                 self.links.entry(key).or_default().push_back(m);
             }
             Output::Persist(task) => {
-                self.record(id, &format!("persist {} {}", task.number, task.entries.len()));
-                self.nodes.get_mut(&id).expect("live").unpersisted.push_back(task);
+                self.record(
+                    id,
+                    &format!("persist {} {}", task.number, task.entries.len()),
+                );
+                self.nodes
+                    .get_mut(&id)
+                    .expect("live")
+                    .unpersisted
+                    .push_back(task);
             }
             Output::CompactLog { index, term } => {
                 self.record(id, &format!("compact {index}"));
-                self.nodes.get_mut(&id).expect("live").durable.compact(index, term);
+                self.nodes
+                    .get_mut(&id)
+                    .expect("live")
+                    .durable
+                    .compact(index, term);
             }
             Output::Respond { id: rid, result } => {
                 self.record(id, &format!("respond {rid} {result:?}"));
@@ -232,7 +255,9 @@ impl Cluster {
 
     /// Makes every outstanding persist task of `id` durable and acknowledges them.
     pub fn persist(&mut self, id: NodeId) -> bool {
-        let Some(sim) = self.nodes.get_mut(&id) else { return false };
+        let Some(sim) = self.nodes.get_mut(&id) else {
+            return false;
+        };
         if sim.node.is_none() || sim.unpersisted.is_empty() {
             return false;
         }
@@ -340,7 +365,12 @@ impl Cluster {
         panic!("request {rid} on n{id} got no answer");
     }
 
-    pub fn watch(&mut self, id: NodeId, stream: StreamId, request: crate::proto::etcdserverpb::WatchCreateRequest) {
+    pub fn watch(
+        &mut self,
+        id: NodeId,
+        stream: StreamId,
+        request: crate::proto::etcdserverpb::WatchCreateRequest,
+    ) {
         self.step(id, Input::WatchCreate { stream, request });
     }
 
@@ -391,10 +421,15 @@ impl Cluster {
         sim.boots += 1;
         config.seed ^= sim.boots;
         let backend = sim.parked_backend.take().unwrap_or_default();
-        let node = Node::open(config.clone(), backend, sim.durable.log.clone()).expect("reopen");
+        let mut node =
+            Node::open(config.clone(), backend, sim.durable.log.clone()).expect("reopen");
+        let outputs = node.take_outputs();
         sim.config = config;
         sim.node = Some(node);
         self.record(id, "restart");
+        for out in outputs {
+            self.route(id, out);
+        }
     }
 
     /// A one-line summary per node: role, term, leader, commit, applied, revision.

@@ -67,7 +67,11 @@ impl Cmd {
     }
 
     fn node(&self, i: usize) -> NodeId {
-        NodeId(self.pos[i].parse().unwrap_or_else(|_| panic!("{}: bad node {}", self.name, self.pos[i])))
+        NodeId(
+            self.pos[i]
+                .parse()
+                .unwrap_or_else(|_| panic!("{}: bad node {}", self.name, self.pos[i])),
+        )
     }
 
     fn flag(&self, f: &str) -> bool {
@@ -75,7 +79,9 @@ impl Cmd {
     }
 
     fn num(&self, k: &str, default: i64) -> i64 {
-        self.kv.get(k).map_or(default, |v| v.parse().unwrap_or_else(|_| panic!("{k}={v}")))
+        self.kv
+            .get(k)
+            .map_or(default, |v| v.parse().unwrap_or_else(|_| panic!("{k}={v}")))
     }
 }
 
@@ -165,7 +171,9 @@ fn fmt_response(resp: &Response) -> String {
             }
         }
         Response::LeaseRevoke(r) => write!(s, "revoked rev={}", rev(&r.header)).expect("string"),
-        Response::LeaseKeepAlive(r) => write!(s, "kept-alive id={} ttl={}", r.id, r.ttl).expect("string"),
+        Response::LeaseKeepAlive(r) => {
+            write!(s, "kept-alive id={} ttl={}", r.id, r.ttl).expect("string")
+        }
         Response::LeaseTimeToLive(r) => {
             write!(s, "id={} ttl={} granted-ttl={}", r.id, r.ttl, r.granted_ttl).expect("string");
             for k in &r.keys {
@@ -178,15 +186,31 @@ fn fmt_response(resp: &Response) -> String {
         }
         Response::MemberAdd(r) => {
             let m = r.member.as_ref().expect("member");
-            write!(s, "added learner={} peer={}", m.is_learner, m.peer_ur_ls.join(",")).expect("string");
+            write!(
+                s,
+                "added learner={} peer={}",
+                m.is_learner,
+                m.peer_ur_ls.join(",")
+            )
+            .expect("string");
             write!(s, "\n{}", fmt_members(&r.members)).expect("string");
         }
-        Response::MemberRemove(r) => write!(s, "removed\n{}", fmt_members(&r.members)).expect("string"),
-        Response::MemberPromote(r) => write!(s, "promoted\n{}", fmt_members(&r.members)).expect("string"),
-        Response::MemberUpdate(r) => write!(s, "updated\n{}", fmt_members(&r.members)).expect("string"),
+        Response::MemberRemove(r) => {
+            write!(s, "removed\n{}", fmt_members(&r.members)).expect("string")
+        }
+        Response::MemberPromote(r) => {
+            write!(s, "promoted\n{}", fmt_members(&r.members)).expect("string")
+        }
+        Response::MemberUpdate(r) => {
+            write!(s, "updated\n{}", fmt_members(&r.members)).expect("string")
+        }
         Response::MemberList(r) => s.push_str(&fmt_members(&r.members)),
         Response::Alarm(r) => {
-            let alarms: Vec<String> = r.alarms.iter().map(|a| format!("{}:{}", a.member_id, a.alarm)).collect();
+            let alarms: Vec<String> = r
+                .alarms
+                .iter()
+                .map(|a| format!("{}:{}", a.member_id, a.alarm))
+                .collect();
             write!(s, "alarms=[{}]", alarms.join(" ")).expect("string");
         }
         Response::Status(r) => write!(
@@ -221,7 +245,11 @@ fn fmt_members(members: &[pb::Member]) -> String {
         .map(|m| {
             format!(
                 "member {} learner={} peer={}",
-                if m.id < 100 { format!("n{}", m.id) } else { "new".to_string() },
+                if m.id < 100 {
+                    format!("n{}", m.id)
+                } else {
+                    "new".to_string()
+                },
                 m.is_learner,
                 m.peer_ur_ls.join(",")
             )
@@ -255,13 +283,32 @@ fn parse_compare(text: &str) -> pb::Compare {
         Some((k, e)) => (k, e.as_bytes().to_vec()),
         None => (key, Vec::new()),
     };
-    let num = || value.parse::<i64>().unwrap_or_else(|_| panic!("number in {text}"));
+    let num = || {
+        value
+            .parse::<i64>()
+            .unwrap_or_else(|_| panic!("number in {text}"))
+    };
     let (t, union) = match target {
-        "value" => (compare::CompareTarget::Value, compare::TargetUnion::Value(value.as_bytes().to_vec())),
-        "version" => (compare::CompareTarget::Version, compare::TargetUnion::Version(num())),
-        "create" => (compare::CompareTarget::Create, compare::TargetUnion::CreateRevision(num())),
-        "mod" => (compare::CompareTarget::Mod, compare::TargetUnion::ModRevision(num())),
-        "lease" => (compare::CompareTarget::Lease, compare::TargetUnion::Lease(num())),
+        "value" => (
+            compare::CompareTarget::Value,
+            compare::TargetUnion::Value(value.as_bytes().to_vec()),
+        ),
+        "version" => (
+            compare::CompareTarget::Version,
+            compare::TargetUnion::Version(num()),
+        ),
+        "create" => (
+            compare::CompareTarget::Create,
+            compare::TargetUnion::CreateRevision(num()),
+        ),
+        "mod" => (
+            compare::CompareTarget::Mod,
+            compare::TargetUnion::ModRevision(num()),
+        ),
+        "lease" => (
+            compare::CompareTarget::Lease,
+            compare::TargetUnion::Lease(num()),
+        ),
         other => panic!("unknown compare target {other}"),
     };
     pb::Compare {
@@ -303,11 +350,14 @@ fn parse_op(text: &str) -> pb::RequestOp {
         }
         other => panic!("unknown txn op {other}"),
     };
-    pb::RequestOp { request: Some(request) }
+    pb::RequestOp {
+        request: Some(request),
+    }
 }
 
 fn split_list(s: Option<&String>) -> Vec<&str> {
-    s.map(|s| s.split(';').filter(|p| !p.is_empty()).collect()).unwrap_or_default()
+    s.map(|s| s.split(';').filter(|p| !p.is_empty()).collect())
+        .unwrap_or_default()
 }
 
 fn sort_option(spec: &str) -> (i32, i32) {
@@ -331,7 +381,9 @@ fn sort_option(spec: &str) -> (i32, i32) {
 
 impl Runner {
     fn c(&mut self) -> &mut Cluster {
-        self.cluster.as_mut().expect("script must start with `cluster`")
+        self.cluster
+            .as_mut()
+            .expect("script must start with `cluster`")
     }
 
     fn member_arg(&self, s: &str) -> u64 {
@@ -361,8 +413,10 @@ impl Runner {
                 "ok".into()
             }
             "tick" => {
+                // Time passes on a working network: each tick, then everything deliverable.
                 for _ in 0..cmd.num("count", 1) {
                     self.c().tick();
+                    self.c().stabilize();
                 }
                 "ok".into()
             }
@@ -429,12 +483,15 @@ impl Runner {
             }
             "log" => {
                 let n = cmd.node(0);
-                let entries = self.c().node(n).log_entries(strata_engine::LogIndex(0));
-                let lines: Vec<String> = entries
-                    .iter()
-                    .map(|e| format!("{}/{} {:?} {}B", e.index, e.term, e.get_entry_type(), e.data.len()))
-                    .collect();
-                lines.join("\n")
+                let node = self.c().node(n);
+                let entries = node.log_entries(strata_engine::LogIndex(0));
+                match (entries.first(), entries.last()) {
+                    (Some(first), Some(last)) => format!(
+                        "entries {}..{} (terms {}..{})",
+                        first.index, last.index, first.term, last.term
+                    ),
+                    _ => "no entries".into(),
+                }
             }
             "submit" => {
                 let n = cmd.node(0);
@@ -453,7 +510,11 @@ impl Runner {
                     .iter()
                     .map(|a| format!("n{} request {}: {}", a.node, a.id, fmt_result(&a.result)))
                     .collect();
-                if lines.is_empty() { "none".into() } else { lines.join("\n") }
+                if lines.is_empty() {
+                    "none".into()
+                } else {
+                    lines.join("\n")
+                }
             }
             "start-member" => {
                 let id = self.member_arg(&cmd.pos[0]);
@@ -489,13 +550,17 @@ impl Runner {
                 let n = cmd.node(0);
                 let stream = StreamId(cmd.pos[1].parse().expect("stream"));
                 let watch_id = strata_engine::WatchId(cmd.pos[2].parse().expect("watch id"));
-                self.c().step(n, strata_engine::node::Input::WatchCancel { stream, watch_id });
+                self.c().step(
+                    n,
+                    strata_engine::node::Input::WatchCancel { stream, watch_id },
+                );
                 self.events(n)
             }
             "watch-progress" => {
                 let n = cmd.node(0);
                 let stream = StreamId(cmd.pos[1].parse().expect("stream"));
-                self.c().step(n, strata_engine::node::Input::WatchProgress { stream });
+                self.c()
+                    .step(n, strata_engine::node::Input::WatchProgress { stream });
                 self.events(n)
             }
             "events" => {
@@ -517,7 +582,13 @@ impl Runner {
     }
 
     fn events(&mut self, n: NodeId) -> String {
-        let outs: Vec<_> = self.c().watch_outputs.iter().filter(|(id, _)| *id == n).cloned().collect();
+        let outs: Vec<_> = self
+            .c()
+            .watch_outputs
+            .iter()
+            .filter(|(id, _)| *id == n)
+            .cloned()
+            .collect();
         self.c().watch_outputs.retain(|(id, _)| *id != n);
         let mut lines = Vec::new();
         for (_, out) in outs {
@@ -533,10 +604,19 @@ impl Runner {
                 write!(s, " compact-rev={}", r.compact_revision).expect("string");
             }
             if r.events.is_empty() && !r.created && !r.canceled {
-                write!(s, " progress rev={}", r.header.as_ref().map_or(0, |h| h.revision)).expect("string");
+                write!(
+                    s,
+                    " progress rev={}",
+                    r.header.as_ref().map_or(0, |h| h.revision)
+                )
+                .expect("string");
             }
             for ev in &r.events {
-                let kind = if ev.r#type == EventType::Put as i32 { "PUT" } else { "DELETE" };
+                let kind = if ev.r#type == EventType::Put as i32 {
+                    "PUT"
+                } else {
+                    "DELETE"
+                };
                 let kv = ev.kv.as_ref().expect("event kv");
                 write!(s, "\n  {kind} {}", fmt_kv(kv)).expect("string");
                 if let Some(p) = &ev.prev_kv {
@@ -545,7 +625,11 @@ impl Runner {
             }
             lines.push(s);
         }
-        if lines.is_empty() { "no events".into() } else { lines.join("\n") }
+        if lines.is_empty() {
+            "no events".into()
+        } else {
+            lines.join("\n")
+        }
     }
 
     fn client_call(&mut self, cmd: &Cmd) -> String {
@@ -562,7 +646,8 @@ impl Runner {
             }),
             "get" => {
                 let key = arg(1);
-                let (sort_order, sort_target) = cmd.kv.get("sort").map_or((0, 0), |s| sort_option(s));
+                let (sort_order, sort_target) =
+                    cmd.kv.get("sort").map_or((0, 0), |s| sort_option(s));
                 Request::Range(pb::RangeRequest {
                     range_end: range_end(&key, cmd.kv.get("end"), cmd),
                     key: key.into_bytes(),
@@ -588,24 +673,43 @@ impl Runner {
                 })
             }
             "txn" => Request::Txn(pb::TxnRequest {
-                compare: split_list(cmd.kv.get("if")).into_iter().map(parse_compare).collect(),
-                success: split_list(cmd.kv.get("then")).into_iter().map(parse_op).collect(),
-                failure: split_list(cmd.kv.get("else")).into_iter().map(parse_op).collect(),
+                compare: split_list(cmd.kv.get("if"))
+                    .into_iter()
+                    .map(parse_compare)
+                    .collect(),
+                success: split_list(cmd.kv.get("then"))
+                    .into_iter()
+                    .map(parse_op)
+                    .collect(),
+                failure: split_list(cmd.kv.get("else"))
+                    .into_iter()
+                    .map(parse_op)
+                    .collect(),
             }),
             "compact" => Request::Compact(pb::CompactionRequest {
                 revision: arg(1).parse().expect("revision"),
                 physical: true,
             }),
-            "hashkv" => Request::HashKv(pb::HashKvRequest { revision: cmd.num("rev", 0) }),
+            "hashkv" => Request::HashKv(pb::HashKvRequest {
+                revision: cmd.num("rev", 0),
+            }),
             "hash" => Request::Hash(pb::HashRequest {}),
             "status-of" => Request::Status(pb::StatusRequest {}),
-            "alarms" => Request::Alarm(pb::AlarmRequest { action: 0, member_id: 0, alarm: 0 }),
+            "alarms" => Request::Alarm(pb::AlarmRequest {
+                action: 0,
+                member_id: 0,
+                alarm: 0,
+            }),
             "lease-grant" => Request::LeaseGrant(pb::LeaseGrantRequest {
                 ttl: arg(1).parse().expect("ttl"),
                 id: cmd.num("id", 0),
             }),
-            "lease-revoke" => Request::LeaseRevoke(pb::LeaseRevokeRequest { id: arg(1).parse().expect("id") }),
-            "keepalive" => Request::LeaseKeepAlive(pb::LeaseKeepAliveRequest { id: arg(1).parse().expect("id") }),
+            "lease-revoke" => Request::LeaseRevoke(pb::LeaseRevokeRequest {
+                id: arg(1).parse().expect("id"),
+            }),
+            "keepalive" => Request::LeaseKeepAlive(pb::LeaseKeepAliveRequest {
+                id: arg(1).parse().expect("id"),
+            }),
             "ttl" => Request::LeaseTimeToLive(pb::LeaseTimeToLiveRequest {
                 id: arg(1).parse().expect("id"),
                 keys: cmd.flag("keys"),
@@ -615,10 +719,16 @@ impl Runner {
                 peer_ur_ls: vec![arg(1)],
                 is_learner: cmd.flag("learner"),
             }),
-            "member-remove" => Request::MemberRemove(pb::MemberRemoveRequest { id: self.member_arg(&arg(1)) }),
-            "member-promote" => Request::MemberPromote(pb::MemberPromoteRequest { id: self.member_arg(&arg(1)) }),
+            "member-remove" => Request::MemberRemove(pb::MemberRemoveRequest {
+                id: self.member_arg(&arg(1)),
+            }),
+            "member-promote" => Request::MemberPromote(pb::MemberPromoteRequest {
+                id: self.member_arg(&arg(1)),
+            }),
             "member-list" => Request::MemberList(pb::MemberListRequest { linearizable: true }),
-            "transfer-leader" => Request::MoveLeader(pb::MoveLeaderRequest { target_id: arg(1).parse().expect("target") }),
+            "transfer-leader" => Request::MoveLeader(pb::MoveLeaderRequest {
+                target_id: arg(1).parse().expect("target"),
+            }),
             other => panic!("unknown command {other}"),
         };
         let result = self.c().call(n, request);
@@ -650,7 +760,10 @@ fn configure(config: &mut strata_engine::node::Config) {
 
 /// Runs one script; returns the text with outputs as the engine produced them.
 fn run_script(text: &str) -> String {
-    let mut runner = Runner { cluster: None, last_member: 0 };
+    let mut runner = Runner {
+        cluster: None,
+        last_member: 0,
+    };
     let mut out = String::new();
     let mut lines = text.lines().peekable();
     while let Some(line) = lines.next() {
@@ -660,7 +773,11 @@ fn run_script(text: &str) -> String {
         if trimmed.is_empty() || trimmed.starts_with('#') {
             continue;
         }
-        assert_eq!(lines.next(), Some("----"), "command `{trimmed}` must be followed by ----");
+        assert_eq!(
+            lines.next(),
+            Some("----"),
+            "command `{trimmed}` must be followed by ----"
+        );
         // Skip the old expected output: every line up to a blank line or the end.
         while let Some(l) = lines.peek() {
             if l.trim().is_empty() {
@@ -690,7 +807,13 @@ fn scripts() {
     let mut failures = Vec::new();
     for path in &files {
         let text = std::fs::read_to_string(path).expect("read script");
-        let got = run_script(&text);
+        let got = match std::panic::catch_unwind(|| run_script(&text)) {
+            Ok(got) => got,
+            Err(_) => {
+                failures.push(format!("{}: panicked (see above)", path.display()));
+                continue;
+            }
+        };
         if got != text {
             if rewrite {
                 std::fs::write(path, &got).expect("rewrite script");
@@ -700,7 +823,11 @@ fn scripts() {
         }
     }
     println!("{} scripts run", files.len());
-    assert!(failures.is_empty(), "scripts differ (REWRITE=1 to accept):\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "scripts differ (REWRITE=1 to accept):\n{}",
+        failures.join("\n")
+    );
 }
 
 fn diff(want: &str, got: &str) -> String {
@@ -712,7 +839,13 @@ fn diff(want: &str, got: &str) -> String {
         }
     }
     if s.is_empty() {
-        writeln!(s, "lengths differ: want {} lines, got {}", want.lines().count(), got.lines().count()).expect("string");
+        writeln!(
+            s,
+            "lengths differ: want {} lines, got {}",
+            want.lines().count(),
+            got.lines().count()
+        )
+        .expect("string");
     }
     s
 }

@@ -1,0 +1,323 @@
+//! Reads: what a request sees of the store, and etcd's Range pipeline
+//! (`server/etcdserver/txn/range.go` of v3.6 over `kvstore_txn.go`'s `rangeKeys`).
+//!
+//! A [`ReadView`] is the store as one request sees it. Outside a write txn that is the store at
+//! the current revision. Inside a write txn that has already changed something it is the txn's
+//! *head*: the current revision plus the txn's own changes, at revision `current + 1` (etcd's
+//! `storeTxnWrite.Range`: `rev = beginRev + 1` once `changes` is non-empty). Historical reads
+//! (`revision < head`) see only committed data.
+//!
+//! Range, step by step, as etcd does it:
+//! 1. `revision > head` is `FutureRev`; `revision <= 0` reads at head; a revision below the
+//!    compact revision is `Compacted` (reading *at* the compact revision works).
+//! 2. `count_only` answers the number of live keys in the span and nothing else.
+//! 3. Keys are gathered in key order; `count` is every live key in the span (limit and the
+//!    revision filters do not change it). When the request sorts (any `sort_order` but NONE) or
+//!    filters by revision, every key is gathered; otherwise only `limit + 1`, so `more` can be
+//!    told without reading the rest.
+//! 4. The `min/max_mod_revision` and `min/max_create_revision` filters drop entries (0 = off).
+//! 5. Sorting: a `sort_target` other than KEY with order NONE sorts ASCEND; KEY/ASCEND and
+//!    order NONE keep key order. etcd's `sort.Sort` is not stable, so the order of equal
+//!    elements is unspecified there; here ties keep key order, so every replica and every rerun
+//!    answers alike.
+//! 6. At most `limit` entries are returned; `more` says whether entries were cut.
+//! 7. `keys_only` clears values (the lease and revisions stay, as in etcd v3.6).
+
+use std::cmp::Ordering;
+use std::collections::BTreeMap;
+
+use crate::backend::{BackendError, KvBackend};
+use crate::error::{Error, EtcdError};
+use crate::proto::etcdserverpb::range_request::{SortOrder, SortTarget};
+use crate::proto::etcdserverpb::{RangeRequest, RangeResponse, ResponseHeader};
+use crate::proto::mvccpb::KeyValue;
+
+use super::key_index::{key_bounds, KeyState};
+use super::MvccStore;
+
+/// The keys a request names with `key` and `range_end`, per etcd's rules: no `range_end` is
+/// the one key; `range_end == "\0"` is every key `>= key` (so `key == "\0"` too is all keys);
+/// otherwise the half-open `[key, range_end)`, empty when `range_end <= key`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum KeySpan<'k> {
+    One(&'k [u8]),
+    From {
+        start: &'k [u8],
+        end: Option<&'k [u8]>,
+    },
+}
+
+impl<'k> KeySpan<'k> {
+    pub fn new(key: &'k [u8], range_end: &'k [u8]) -> KeySpan<'k> {
+        match range_end {
+            [] => KeySpan::One(key),
+            [0] => KeySpan::From {
+                start: key,
+                end: None,
+            },
+            end => KeySpan::From {
+                start: key,
+                end: Some(end),
+            },
+        }
+    }
+}
+
+/// A live key as a view finds it: committed (read its record from the backend) or written
+/// earlier in the current txn.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Found<'a> {
+    Stored(KeyState),
+    Written(&'a KeyValue),
+}
+
+/// The latest state of each key a write txn changed so far; `None` means it deleted the key.
+pub(crate) type Written = BTreeMap<Vec<u8>, Option<KeyValue>>;
+
+/// The store as one request sees it (see the module docs).
+#[derive(Clone, Copy)]
+pub(crate) struct ReadView<'a> {
+    pub store: &'a MvccStore,
+    pub backend: &'a dyn KvBackend,
+    /// The txn's own changes, visible at `head`; `None` outside a txn that has written.
+    pub written: Option<&'a Written>,
+    /// The revision a read with revision 0 sees.
+    pub head: i64,
+}
+
+impl<'a> ReadView<'a> {
+    /// The view of the committed store at its current revision.
+    pub fn committed(store: &'a MvccStore, backend: &'a dyn KvBackend) -> ReadView<'a> {
+        ReadView {
+            store,
+            backend,
+            written: None,
+            head: store.current_revision,
+        }
+    }
+
+    /// The revision a read of `revision` sees, or why it cannot (step 1 of the module docs).
+    pub fn resolve(&self, revision: i64) -> Result<i64, EtcdError> {
+        if revision > self.head {
+            return Err(EtcdError::FutureRev);
+        }
+        let at = if revision <= 0 { self.head } else { revision };
+        if at < self.store.compact_revision {
+            return Err(EtcdError::Compacted);
+        }
+        Ok(at)
+    }
+
+    fn written_at(&self, at: i64) -> Option<&'a Written> {
+        self.written.filter(|_| at == self.head)
+    }
+
+    /// Visits the keys of `span` alive at `at`, in key order, until `visit` says stop.
+    pub fn visit(
+        &self,
+        span: KeySpan<'_>,
+        at: i64,
+        visit: &mut dyn FnMut(&'a [u8], Found<'a>) -> bool,
+    ) {
+        let index = &self.store.index;
+        let written = self.written_at(at);
+        let (start, end) = match span {
+            KeySpan::One(key) => {
+                let found = match written.and_then(|w| w.get_key_value(key)) {
+                    Some((key, Some(kv))) => Some((key.as_slice(), Found::Written(kv))),
+                    Some((_, None)) => None,
+                    None => index
+                        .get_key_value(key, at)
+                        .map(|(key, state)| (key, Found::Stored(state))),
+                };
+                if let Some((key, found)) = found {
+                    visit(key, found);
+                }
+                return;
+            }
+            KeySpan::From { start, end } => (start, end),
+        };
+        let Some(written) = written else {
+            index.visit(start, end, at, &mut |key, state| {
+                visit(key, Found::Stored(state))
+            });
+            return;
+        };
+        // Merge the txn's writes into the committed keys; a written key shadows its committed
+        // state.
+        let mut pending = match key_bounds(start, end) {
+            Some(bounds) => written.range::<[u8], _>(bounds).peekable(),
+            None => return,
+        };
+        let mut go_on = true;
+        index.visit(start, end, at, &mut |key, state| {
+            while let Some((wkey, wkv)) = pending.next_if(|(wkey, _)| wkey.as_slice() < key) {
+                if let Some(kv) = wkv {
+                    if !visit(wkey, Found::Written(kv)) {
+                        go_on = false;
+                        return false;
+                    }
+                }
+            }
+            go_on = match pending.next_if(|(wkey, _)| wkey.as_slice() == key) {
+                Some((_, Some(kv))) => visit(key, Found::Written(kv)),
+                Some((_, None)) => true,
+                None => visit(key, Found::Stored(state)),
+            };
+            go_on
+        });
+        if go_on {
+            for (wkey, wkv) in pending {
+                if let Some(kv) = wkv {
+                    if !visit(wkey, Found::Written(kv)) {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    pub fn materialize(&self, found: Found<'_>) -> Result<KeyValue, BackendError> {
+        match found {
+            Found::Stored(state) => self.store.read_kv(self.backend, state.modified),
+            Found::Written(kv) => Ok(kv.clone()),
+        }
+    }
+
+    /// Every live key-value of `span` at `at`.
+    pub fn kvs(&self, span: KeySpan<'_>, at: i64) -> Result<Vec<KeyValue>, BackendError> {
+        let mut found = Vec::new();
+        self.visit(span, at, &mut |_, f| {
+            found.push(f);
+            true
+        });
+        found.into_iter().map(|f| self.materialize(f)).collect()
+    }
+
+    /// The live keys of `span` at head.
+    pub fn keys(&self, span: KeySpan<'_>) -> Vec<Vec<u8>> {
+        let mut keys = Vec::new();
+        self.visit(span, self.head, &mut |key, _| {
+            keys.push(key.to_vec());
+            true
+        });
+        keys
+    }
+
+    /// A key's value at head.
+    pub fn get(&self, key: &[u8]) -> Result<Option<KeyValue>, BackendError> {
+        Ok(self.kvs(KeySpan::One(key), self.head)?.pop())
+    }
+
+    /// A key's `(create_revision, version)` at head, from the index alone.
+    pub fn created_and_version(&self, key: &[u8]) -> Option<(i64, i64)> {
+        match self.written.and_then(|w| w.get(key)) {
+            Some(Some(kv)) => Some((kv.create_revision, kv.version)),
+            Some(None) => None,
+            None => self
+                .store
+                .index
+                .get(key, self.head)
+                .map(|s| (s.created.main, s.version)),
+        }
+    }
+
+    /// etcd's Range; the header carries only the revision read at (etcd's `rr.Rev`).
+    pub fn range(&self, req: &RangeRequest) -> Result<RangeResponse, Error> {
+        let at = self.resolve(req.revision)?;
+        let span = KeySpan::new(&req.key, &req.range_end);
+        let header = Some(ResponseHeader {
+            revision: self.head,
+            ..ResponseHeader::default()
+        });
+        let mut count = 0i64;
+        let mut found = Vec::new();
+        let gather = gather_limit(req);
+        self.visit(span, at, &mut |_, f| {
+            count += 1;
+            if !req.count_only && gather.is_none_or(|limit| found.len() < limit) {
+                found.push(f);
+            }
+            true
+        });
+        if req.count_only {
+            return Ok(RangeResponse {
+                header,
+                kvs: Vec::new(),
+                more: false,
+                count,
+            });
+        }
+        let mut kvs = found
+            .into_iter()
+            .map(|f| self.materialize(f))
+            .collect::<Result<Vec<_>, _>>()?;
+        kvs.retain(|kv| passes_revision_filters(req, kv));
+        sort(&mut kvs, req);
+        let more = req.limit > 0 && kvs.len() as i64 > req.limit;
+        if more {
+            kvs.truncate(req.limit as usize);
+        }
+        if req.keys_only {
+            kvs.iter_mut().for_each(|kv| kv.value.clear());
+        }
+        Ok(RangeResponse {
+            header,
+            kvs,
+            more,
+            count,
+        })
+    }
+}
+
+fn has_revision_filters(req: &RangeRequest) -> bool {
+    req.min_mod_revision != 0
+        || req.max_mod_revision != 0
+        || req.min_create_revision != 0
+        || req.max_create_revision != 0
+}
+
+/// How many keys step 3 gathers: `None` for all.
+fn gather_limit(req: &RangeRequest) -> Option<usize> {
+    let sorts = req.sort_order != SortOrder::None as i32;
+    if req.limit <= 0 || sorts || has_revision_filters(req) {
+        return None;
+    }
+    usize::try_from(req.limit).ok().map(|l| l.saturating_add(1))
+}
+
+fn passes_revision_filters(req: &RangeRequest, kv: &KeyValue) -> bool {
+    let below = |bound: i64, v: i64| bound != 0 && v < bound;
+    let above = |bound: i64, v: i64| bound != 0 && v > bound;
+    !(above(req.max_mod_revision, kv.mod_revision)
+        || below(req.min_mod_revision, kv.mod_revision)
+        || above(req.max_create_revision, kv.create_revision)
+        || below(req.min_create_revision, kv.create_revision))
+}
+
+/// Step 5 of the module docs. Unknown orders or targets (rejected by
+/// [`super::validate_range`]) leave key order.
+fn sort(kvs: &mut [KeyValue], req: &RangeRequest) {
+    let Ok(target) = SortTarget::try_from(req.sort_target) else {
+        return;
+    };
+    let order = match SortOrder::try_from(req.sort_order) {
+        Ok(SortOrder::None) if target != SortTarget::Key => SortOrder::Ascend,
+        Ok(order) => order,
+        Err(_) => return,
+    };
+    let by_target = |a: &KeyValue, b: &KeyValue| -> Ordering {
+        match target {
+            SortTarget::Key => a.key.cmp(&b.key),
+            SortTarget::Version => a.version.cmp(&b.version),
+            SortTarget::Create => a.create_revision.cmp(&b.create_revision),
+            SortTarget::Mod => a.mod_revision.cmp(&b.mod_revision),
+            SortTarget::Value => a.value.cmp(&b.value),
+        }
+    };
+    match (order, target) {
+        (SortOrder::None, _) | (SortOrder::Ascend, SortTarget::Key) => {}
+        (SortOrder::Ascend, _) => kvs.sort_by(by_target),
+        (SortOrder::Descend, _) => kvs.sort_by(|a, b| by_target(b, a)),
+    }
+}
