@@ -122,8 +122,8 @@ pub fn bootstrap_log(members: &[MemberRecord]) -> PersistedLog {
         entries.push(e);
     }
     let mut hard_state = HardState::default();
-    hard_state.term = 1;
-    hard_state.commit = entries.len() as u64;
+    hard_state.set_term(1);
+    hard_state.set_commit(entries.len() as u64);
     PersistedLog {
         hard_state,
         compacted: (LogIndex(0), Term(0)),
@@ -544,7 +544,10 @@ impl<B: KvBackend> Node<B> {
         self.ticks += 1;
         self.raw.tick();
         self.expire_pending();
-        if self.ticks % (self.config.heartbeat_ticks as u64 * 3) == 0 {
+        if self
+            .ticks
+            .is_multiple_of(self.config.heartbeat_ticks as u64 * 3)
+        {
             self.requeue_stale_reads();
         }
         if self.is_leader() {
@@ -1280,7 +1283,7 @@ impl<B: KvBackend> Node<B> {
             .iter()
             .filter(|v| v.0 == self.config.id.0 || prs.get(v.0).is_some_and(|p| p.recent_active))
             .count();
-        started >= voters.len() / 2 + 1
+        started > voters.len() / 2
     }
 
     fn member_promote(&mut self, id: RequestId, member: NodeId) -> Result<(), Error> {
@@ -1374,7 +1377,7 @@ impl<B: KvBackend> Node<B> {
             return Ok(());
         }
         let mut snap = Snapshot::default();
-        snap.data = self.sm.snapshot_data()?.into();
+        snap.set_data(self.sm.snapshot_data()?.into());
         let meta = snap.mut_metadata();
         meta.index = index.0;
         meta.term = term.0;
