@@ -267,6 +267,10 @@ impl Index {
                 self.keys.insert(key.to_vec(), ki);
             }
             None => {
+                assert!(
+                    0 < created && created <= rev.main && version >= 1,
+                    "key {key:?}: record {rev:?} claims creation at {created}, version {version}"
+                );
                 let ki = KeyIndex::restore(Rev::new(created, 0), rev, version);
                 self.keys.insert(key.to_vec(), ki);
             }

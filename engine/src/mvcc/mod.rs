@@ -11,7 +11,7 @@
 //! exactly like etcd.
 //!
 //! # Storage layout
-//! - `Bucket::Key`: one record per change, keyed by its revision ([`revision`]): a put stores
+//! - `Bucket::Key`: one record per change, keyed by its revision (`revision.rs`): a put stores
 //!   the prost-encoded `mvccpb.KeyValue`; a delete stores a tombstone (key marked `t`) whose
 //!   value is `KeyValue{key}` only, byte for byte what etcd stores, so HashKV matches etcd's.
 //! - `Bucket::Meta`, [`CURRENT_REVISION_KEY`] and [`COMPACT_REVISION_KEY`]: 8-byte big-endian
@@ -21,8 +21,9 @@
 //! # Contract with the caller
 //! - Every write returns the etcd [`Event`]s it made, in revision and sub-revision order. A
 //!   delete event's `kv` is etcd's tombstone form (`key` and `mod_revision` only). `prev_kv` is
-//!   always filled when the key existed at `mod_revision - 1` (how etcd's watch fills it); the
-//!   watch layer strips it for watchers that did not ask.
+//!   always filled when the key existed at `mod_revision - 1` (how etcd's watch fills it, so
+//!   two changes of one key in one txn carry the same `prev_kv`); the watch layer strips it for
+//!   watchers that did not ask.
 //! - [`MvccStore::take_batch`] hands over the staged writes; the caller must write that batch
 //!   (with its applied index) before the next call. Until taken, staged writes are visible to
 //!   every read of the store.

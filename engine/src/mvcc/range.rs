@@ -24,7 +24,8 @@
 //! 7. `keys_only` clears values (the lease and revisions stay, as in etcd v3.6).
 
 use std::cmp::Ordering;
-use std::collections::BTreeMap;
+use std::collections::{btree_map, BTreeMap};
+use std::iter::Peekable;
 
 use crate::backend::{BackendError, KvBackend};
 use crate::error::{Error, EtcdError};
@@ -119,61 +120,67 @@ impl<'a> ReadView<'a> {
         at: i64,
         visit: &mut dyn FnMut(&'a [u8], Found<'a>) -> bool,
     ) {
-        let index = &self.store.index;
         let written = self.written_at(at);
-        let (start, end) = match span {
-            KeySpan::One(key) => {
-                let found = match written.and_then(|w| w.get_key_value(key)) {
-                    Some((key, Some(kv))) => Some((key.as_slice(), Found::Written(kv))),
-                    Some((_, None)) => None,
-                    None => index
-                        .get_key_value(key, at)
-                        .map(|(key, state)| (key, Found::Stored(state))),
-                };
-                if let Some((key, found)) = found {
+        match (span, written) {
+            (KeySpan::One(key), _) => {
+                if let Some((key, found)) = self.find(key, at, written) {
                     visit(key, found);
                 }
-                return;
             }
-            KeySpan::From { start, end } => (start, end),
-        };
-        let Some(written) = written else {
-            index.visit(start, end, at, &mut |key, state| {
-                visit(key, Found::Stored(state))
-            });
+            (KeySpan::From { start, end }, None) => {
+                let index = &self.store.index;
+                index.visit(start, end, at, &mut |key, state| {
+                    visit(key, Found::Stored(state))
+                });
+            }
+            (KeySpan::From { start, end }, Some(written)) => {
+                self.visit_merged(start, end, at, written, visit)
+            }
+        }
+    }
+
+    fn find(
+        &self,
+        key: &[u8],
+        at: i64,
+        written: Option<&'a Written>,
+    ) -> Option<(&'a [u8], Found<'a>)> {
+        match written.and_then(|w| w.get_key_value(key)) {
+            Some((key, Some(kv))) => Some((key.as_slice(), Found::Written(kv))),
+            Some((_, None)) => None,
+            None => {
+                let (key, state) = self.store.index.get_key_value(key, at)?;
+                Some((key, Found::Stored(state)))
+            }
+        }
+    }
+
+    /// [`ReadView::visit`] of a key range inside a txn: the txn's writes merged into the
+    /// committed keys, a written key shadowing its committed state.
+    fn visit_merged(
+        &self,
+        start: &[u8],
+        end: Option<&[u8]>,
+        at: i64,
+        written: &'a Written,
+        visit: &mut dyn FnMut(&'a [u8], Found<'a>) -> bool,
+    ) {
+        let Some(bounds) = key_bounds(start, end) else {
             return;
         };
-        // Merge the txn's writes into the committed keys; a written key shadows its committed
-        // state.
-        let mut pending = match key_bounds(start, end) {
-            Some(bounds) => written.range::<[u8], _>(bounds).peekable(),
-            None => return,
-        };
+        let mut pending = written.range::<[u8], _>(bounds).peekable();
         let mut go_on = true;
-        index.visit(start, end, at, &mut |key, state| {
-            while let Some((wkey, wkv)) = pending.next_if(|(wkey, _)| wkey.as_slice() < key) {
-                if let Some(kv) = wkv {
-                    if !visit(wkey, Found::Written(kv)) {
-                        go_on = false;
-                        return false;
-                    }
-                }
-            }
-            go_on = match pending.next_if(|(wkey, _)| wkey.as_slice() == key) {
-                Some((_, Some(kv))) => visit(key, Found::Written(kv)),
-                Some((_, None)) => true,
-                None => visit(key, Found::Stored(state)),
-            };
+        self.store.index.visit(start, end, at, &mut |key, state| {
+            go_on = visit_written(&mut pending, Some(key), visit)
+                && match pending.next_if(|(wkey, _)| wkey.as_slice() == key) {
+                    Some((_, Some(kv))) => visit(key, Found::Written(kv)),
+                    Some((_, None)) => true,
+                    None => visit(key, Found::Stored(state)),
+                };
             go_on
         });
         if go_on {
-            for (wkey, wkv) in pending {
-                if let Some(kv) = wkv {
-                    if !visit(wkey, Found::Written(kv)) {
-                        break;
-                    }
-                }
-            }
+            visit_written(&mut pending, None, visit);
         }
     }
 
@@ -268,6 +275,27 @@ impl<'a> ReadView<'a> {
             count,
         })
     }
+}
+
+/// A txn's writes not yet merged into a range visit.
+type PendingWrites<'a> = Peekable<btree_map::Range<'a, Vec<u8>, Option<KeyValue>>>;
+
+/// Visits the pending writes of keys before `bound` (all of them without one) that still
+/// exist; false once `visit` says stop.
+fn visit_written<'a>(
+    pending: &mut PendingWrites<'a>,
+    bound: Option<&[u8]>,
+    visit: &mut dyn FnMut(&'a [u8], Found<'a>) -> bool,
+) -> bool {
+    while let Some((key, kv)) = pending.next_if(|(key, _)| bound.is_none_or(|b| key.as_slice() < b))
+    {
+        if let Some(kv) = kv {
+            if !visit(key, Found::Written(kv)) {
+                return false;
+            }
+        }
+    }
+    true
 }
 
 fn has_revision_filters(req: &RangeRequest) -> bool {

@@ -1095,3 +1095,69 @@ fn hash_kv_does_not_depend_on_what_compaction_physically_removed() {
     let got = hashes(&stores, 0);
     assert!(got.iter().all(|h| *h == got[0]), "after a restart: {got:?}");
 }
+
+/// etcd's `kvHasher` applies the keep filter to records at or below the compact revision only
+/// when the keep set is non-empty. With every key's latest revision a tombstone the set is
+/// empty, and old records count again.
+#[test]
+fn hash_kv_skips_the_keep_filter_when_nothing_is_kept_as_etcd_does() {
+    let mut h = Harness::new();
+    h.put("a", "1"); // 2
+    h.compact(2);
+    h.delete("a", ""); // 3
+    let expected = |h: &Harness, records: &[(Rev, bool)]| {
+        let castagnoli = crc::Crc::<u32>::new(&crc::CRC_32_ISCSI);
+        let mut digest = castagnoli.digest();
+        digest.update(b"key");
+        for (rev, tombstone) in records {
+            let key = rev.to_key(*tombstone);
+            let value = h.backend.get(Bucket::Key, &key).unwrap().unwrap();
+            digest.update(&key);
+            digest.update(&value);
+        }
+        digest.finalize()
+    };
+    let at = |h: &Harness, rev: i64| h.store.hash_kv(&h.backend, Revision(rev)).unwrap().hash;
+    let a2 = (Rev::new(2, 0), false);
+    let a3 = (Rev::new(3, 0), true);
+    assert_eq!(
+        at(&h, 3),
+        expected(&h, &[a2, a3]),
+        "nothing kept: a@2 counts"
+    );
+    h.put("b", "1"); // 4
+    let b4 = (Rev::new(4, 0), false);
+    assert_eq!(
+        at(&h, 4),
+        expected(&h, &[a3, b4]),
+        "b kept: a@2 is filtered out"
+    );
+}
+
+#[test]
+fn a_key_deleted_and_recreated_in_one_txn_starts_a_new_generation() {
+    let mut h = Harness::new();
+    h.put("a", "1"); // 2
+    h.put("a", "2"); // 3
+                     // Validation lets this through: a "\0" range end covers nothing in etcd's duplicate check.
+    let req = TxnRequest {
+        compare: vec![],
+        success: vec![op_delete("a", "\0"), op_put("a", "3")],
+        failure: vec![],
+    };
+    assert_eq!(validate_txn(&req, 128), Ok(()));
+    let (_, events) = h.try_txn(&req).unwrap();
+    assert_eq!(events.len(), 2);
+    let kv = h.get("a").unwrap();
+    assert_eq!((kv.create_revision, kv.mod_revision, kv.version), (4, 4, 1));
+    h.reopen();
+    assert_eq!(h.get("a").unwrap(), kv);
+    assert_eq!(
+        h.store
+            .get_at(&h.backend, b"a", Revision(3))
+            .unwrap()
+            .unwrap()
+            .version,
+        2
+    );
+}
