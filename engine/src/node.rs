@@ -255,6 +255,19 @@ struct Pending {
 }
 
 #[derive(Debug)]
+enum Proposal {
+    Normal(Vec<u8>),
+    ConfChange(ConfChangeV2),
+}
+
+#[derive(Debug)]
+struct Parked {
+    proposal_id: u64,
+    proposal: Proposal,
+    pending: Pending,
+}
+
+#[derive(Debug)]
 struct WaitingRead {
     id: RequestId,
     request: Request,
@@ -279,6 +292,9 @@ pub struct Node<B: KvBackend> {
     last_role: StateRole,
     last_leader: u64,
     pending: BTreeMap<u64, Pending>,
+    /// Proposals made while no leader was known, re-proposed once one is (until their
+    /// deadline): an election should delay a write, not fail it.
+    parked: Vec<Parked>,
     /// Linearizable reads not yet sent for a read index.
     unsent_reads: Vec<WaitingRead>,
     /// Read-index requests in flight, by context.
@@ -345,6 +361,7 @@ impl<B: KvBackend> Node<B> {
             last_role: StateRole::Follower,
             last_leader: 0,
             pending: BTreeMap::new(),
+            parked: Vec::new(),
             unsent_reads: Vec::new(),
             inflight_reads: BTreeMap::new(),
             ready_reads: VecDeque::new(),
@@ -515,6 +532,9 @@ impl<B: KvBackend> Node<B> {
             });
             // A new leader may have dropped read-index requests: ask again.
             self.requeue_inflight_reads();
+            if leader != 0 {
+                self.repropose_parked();
+            }
             if let Some((id, target, _)) = self.transfer {
                 if leader == target.0 {
                     self.transfer = None;
@@ -962,18 +982,64 @@ impl<B: KvBackend> Node<B> {
         request: internal_request::Request,
         kind: PendingKind,
     ) -> Result<(), Error> {
-        let proposal = self.prng.next_u64();
+        let proposal_id = self.prng.next_u64();
         let data = InternalRequest {
             origin: self.config.id.0,
-            request_id: proposal,
+            request_id: proposal_id,
             request: Some(request),
         }
         .encode_to_vec();
-        self.raw
-            .propose(Vec::new(), data)
-            .map_err(|_| self.unavailable())?;
-        self.track(proposal, id, kind);
+        self.submit(proposal_id, Proposal::Normal(data), id, kind)
+    }
+
+    /// Hands a proposal to raft, or parks it while no leader is known.
+    fn submit(
+        &mut self,
+        proposal_id: u64,
+        proposal: Proposal,
+        id: RequestId,
+        kind: PendingKind,
+    ) -> Result<(), Error> {
+        let pending = Pending {
+            id,
+            kind,
+            deadline: self.ticks + self.config.request_timeout_ticks,
+        };
+        self.submit_pending(proposal_id, proposal, pending)
+    }
+
+    fn submit_pending(
+        &mut self,
+        proposal_id: u64,
+        proposal: Proposal,
+        pending: Pending,
+    ) -> Result<(), Error> {
+        if self.raw.raft.leader_id == 0 {
+            self.parked.push(Parked {
+                proposal_id,
+                proposal,
+                pending,
+            });
+            return Ok(());
+        }
+        let result = match &proposal {
+            Proposal::Normal(data) => self.raw.propose(Vec::new(), data.clone()),
+            Proposal::ConfChange(cc) => self.raw.propose_conf_change(Vec::new(), cc.clone()),
+        };
+        result.map_err(|_| self.unavailable())?;
+        self.pending.insert(proposal_id, pending);
         Ok(())
+    }
+
+    fn repropose_parked(&mut self) {
+        for parked in std::mem::take(&mut self.parked) {
+            let id = parked.pending.id;
+            if let Err(Error::Etcd(e)) =
+                self.submit_pending(parked.proposal_id, parked.proposal, parked.pending)
+            {
+                self.respond(id, Err(e));
+            }
+        }
     }
 
     /// Proposes a command no client waits for (lease revokes, checkpoints, alarms).
@@ -986,12 +1052,6 @@ impl<B: KvBackend> Node<B> {
         .encode_to_vec();
         // Dropped when leadership is in flux; the leader re-derives the need and retries.
         let _ = self.raw.propose(Vec::new(), data);
-    }
-
-    fn track(&mut self, proposal: u64, id: RequestId, kind: PendingKind) {
-        let deadline = self.ticks + self.config.request_timeout_ticks;
-        self.pending
-            .insert(proposal, Pending { id, kind, deadline });
     }
 
     fn unavailable(&self) -> EtcdError {
@@ -1013,6 +1073,13 @@ impl<B: KvBackend> Node<B> {
         for k in expired {
             let p = self.pending.remove(&k).expect("listed above");
             self.respond(p.id, Err(EtcdError::Timeout));
+        }
+        let (late, parked): (Vec<Parked>, Vec<Parked>) = std::mem::take(&mut self.parked)
+            .into_iter()
+            .partition(|p| p.pending.deadline <= now);
+        self.parked = parked;
+        for p in late {
+            self.respond(p.pending.id, Err(EtcdError::NoLeader));
         }
         let mut timed_out = Vec::new();
         self.unsent_reads.retain(|r| {
@@ -1324,13 +1391,9 @@ impl<B: KvBackend> Node<B> {
         record: MemberRecord,
         pending: PendingKind,
     ) -> Result<(), Error> {
-        let proposal = self.prng.next_u64();
-        let cc = conf_change(kind, member, &record, self.config.id.0, proposal);
-        self.raw
-            .propose_conf_change(Vec::new(), cc)
-            .map_err(|_| self.unavailable())?;
-        self.track(proposal, id, pending);
-        Ok(())
+        let proposal_id = self.prng.next_u64();
+        let cc = conf_change(kind, member, &record, self.config.id.0, proposal_id);
+        self.submit(proposal_id, Proposal::ConfChange(cc), id, pending)
     }
 
     fn move_leader(&mut self, id: RequestId, target: NodeId) -> Result<(), Error> {
