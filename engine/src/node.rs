@@ -607,8 +607,17 @@ impl<B: KvBackend> Node<B> {
         while self.raw.has_ready() {
             let mut rd = self.raw.ready();
             let number = rd.number();
-            self.outputs
-                .extend(rd.take_messages().into_iter().map(Output::Send));
+            for m in rd.take_messages() {
+                // Contract 2: what leaves at once never answers for unpersisted state.
+                assert!(
+                    !promises_persisted_state(&m),
+                    "n{}: {:?} to {} would leave before its state is persisted",
+                    self.config.id,
+                    m.get_msg_type(),
+                    m.to
+                );
+                self.outputs.push(Output::Send(m));
+            }
             let mut task = PersistTask {
                 number,
                 must_sync: rd.must_sync(),
@@ -1515,13 +1524,10 @@ fn request_size(request: &Request) -> usize {
     }
 }
 
-/// Whether a raft message type must wait for persistence (only used in debug assertions by
-/// tests that check the contract).
-pub fn is_response_to_persisted_state(t: MessageType) -> bool {
-    matches!(
-        t,
-        MessageType::MsgAppendResponse
-            | MessageType::MsgRequestVoteResponse
-            | MessageType::MsgRequestPreVoteResponse
-    )
+/// Whether a raft message promises state that must be durable first: a granted vote (the
+/// vote is in the hard state, Raft §5.2). Rejections promise nothing and may leave at once;
+/// pre-vote responses change no state. (Append acknowledgements come from followers, whose
+/// messages raft-rs always routes through the persisted list.)
+pub fn promises_persisted_state(m: &Message) -> bool {
+    m.get_msg_type() == MessageType::MsgRequestVoteResponse && !m.reject
 }
