@@ -144,15 +144,26 @@ impl KeyIndex {
         })
     }
 
-    /// etcd's `doCompact`: the generation compaction at `at` starts from, and the position in it
-    /// of the latest revision `<= at` (which compaction keeps).
+    /// Where compaction at `at` cuts this key: the generation it keeps from, and the position
+    /// in it of the revision it keeps, the key's latest revision `<= at`.
+    ///
+    /// etcd's `doCompact` walks forward to the first generation whose tombstone is `>= at`.
+    /// That misses a key deleted and re-created inside one txn: its tombstone `(at, 0)` ends
+    /// one generation and `(at, 1)` opens the next, and etcd would keep the tombstone and drop
+    /// the live record. Searching from the newest generation keeps the record visible at `at`.
+    /// A tombstone older than `at` is dead history: the key's generations up to it go.
     fn compaction_point(&self, at: i64) -> (usize, Option<usize>) {
         let last = self.generations.len() - 1;
-        let mut gi = 0;
-        while gi < last && self.generations[gi].last().main < at {
-            gi += 1;
+        for gi in (0..=last).rev() {
+            let g = &self.generations[gi];
+            let Some(n) = g.latest_at(at) else { continue };
+            let is_tombstone = gi != last && n == g.revs.len() - 1;
+            if is_tombstone && g.revs[n].main < at {
+                return (gi + 1, None);
+            }
+            return (gi, Some(n));
         }
-        (gi, self.generations[gi].latest_at(at))
+        (0, None)
     }
 
     /// Adds to `available` the revision compaction at `at` keeps for this key.

@@ -1161,3 +1161,40 @@ fn a_key_deleted_and_recreated_in_one_txn_starts_a_new_generation() {
         2
     );
 }
+
+/// A txn that deletes a key and puts it again ends one generation at `(r, 0)` and opens the
+/// next at `(r, 1)`. Compacting at `r` must keep the live record, not the tombstone
+/// (found by the model test; etcd's forward generation walk would keep the tombstone).
+#[test]
+fn compaction_at_a_delete_and_recreate_in_one_txn_keeps_the_live_record() {
+    let mut h = Harness::new();
+    h.put("c", "old"); // 2
+    let txn = TxnRequest {
+        success: vec![
+            RequestOp {
+                request: Some(Request::RequestDeleteRange(DeleteRangeRequest {
+                    key: b"a".to_vec(),
+                    range_end: vec![0],
+                    ..Default::default()
+                })),
+            },
+            RequestOp {
+                request: Some(Request::RequestPut(PutRequest {
+                    key: b"c".to_vec(),
+                    value: b"new".to_vec(),
+                    ..Default::default()
+                })),
+            },
+        ],
+        ..Default::default()
+    };
+    h.try_txn(&txn).unwrap(); // 3: delete c at (3,0), put c at (3,1)
+    h.compact(3);
+    assert_eq!(h.get("c").unwrap().value, b"new");
+    h.reopen();
+    let kv = h.get("c").unwrap();
+    assert_eq!(
+        (kv.value.as_slice(), kv.mod_revision, kv.version),
+        (&b"new"[..], 3, 1)
+    );
+}
