@@ -447,6 +447,17 @@ impl<B: KvBackend> Node<B> {
 
     /// Feeds one input. On `Err` the node must stop: its storage or raft state is broken.
     pub fn step(&mut self, now_ms: u64, input: Input) -> Result<(), Fatal> {
+        self.step_batch(now_ms, std::iter::once(input))
+    }
+
+    /// Feeds every input available now, then handles raft's Ready once: proposals that arrive
+    /// together share one log append (one fsync for the driver) and one append message per
+    /// follower. Drivers should pass everything they have queued.
+    pub fn step_batch(
+        &mut self,
+        now_ms: u64,
+        inputs: impl IntoIterator<Item = Input>,
+    ) -> Result<(), Fatal> {
         assert!(
             now_ms >= self.now_ms,
             "n{}: clock went backwards: {now_ms} < {}",
@@ -454,9 +465,21 @@ impl<B: KvBackend> Node<B> {
             self.now_ms
         );
         self.now_ms = now_ms;
-        if self.removed {
-            return Ok(());
+        for input in inputs {
+            if self.removed {
+                return Ok(());
+            }
+            self.on_input(input)?;
+            // Per input, not per batch: a role that changes and changes back within a batch
+            // still re-drew the election timeout from raft-rs' thread_rng.
+            self.after_raft_call();
         }
+        self.handle_ready()?;
+        self.sync_watchers()?;
+        Ok(())
+    }
+
+    fn on_input(&mut self, input: Input) -> Result<(), Fatal> {
         match input {
             Input::Tick => self.on_tick(),
             Input::Message(m) => self.on_message(*m),
@@ -492,9 +515,6 @@ impl<B: KvBackend> Node<B> {
                 let _ = self.raw.campaign();
             }
         }
-        self.after_raft_call();
-        self.handle_ready()?;
-        self.sync_watchers()?;
         Ok(())
     }
 
@@ -604,7 +624,13 @@ impl<B: KvBackend> Node<B> {
 
     /// Processes every Ready raft has, in the contract's order.
     fn handle_ready(&mut self) -> Result<(), Fatal> {
-        while self.raw.has_ready() {
+        loop {
+            // Inside the loop: the read-index request (and, on a single node, its answer)
+            // must be handled in this pass, not at the next input.
+            self.issue_read_index();
+            if !self.raw.has_ready() {
+                break;
+            }
             let mut rd = self.raw.ready();
             let number = rd.number();
             for m in rd.take_messages() {
@@ -653,7 +679,6 @@ impl<B: KvBackend> Node<B> {
         if self.raw.store().take_snapshot_wanted() {
             self.build_snapshot()?;
         }
-        self.issue_read_index();
         self.after_raft_call();
         Ok(())
     }
