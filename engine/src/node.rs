@@ -583,7 +583,21 @@ impl<B: KvBackend> Node<B> {
     }
 
     /// Processes every Ready raft has, in the contract's order.
+    ///
+    /// Read-index requests are handed to raft first, and again whenever a pass requeued some
+    /// (a leader change), so their messages leave with this input's Readys: issued after the
+    /// last Ready, they would wait in raft for the next input, a heartbeat tick later.
     fn handle_ready(&mut self) -> Result<(), Fatal> {
+        loop {
+            self.issue_read_index();
+            self.handle_readys()?;
+            if self.unsent_reads.is_empty() {
+                return Ok(());
+            }
+        }
+    }
+
+    fn handle_readys(&mut self) -> Result<(), Fatal> {
         while self.raw.has_ready() {
             let mut rd = self.raw.ready();
             let number = rd.number();
@@ -624,7 +638,6 @@ impl<B: KvBackend> Node<B> {
         if self.raw.store().take_snapshot_wanted() {
             self.build_snapshot()?;
         }
-        self.issue_read_index();
         self.after_raft_call();
         Ok(())
     }
