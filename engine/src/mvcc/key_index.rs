@@ -146,10 +146,25 @@ impl KeyIndex {
 
     /// etcd's `doCompact`: the generation compaction at `at` starts from, and the position in it
     /// of the latest revision `<= at` (which compaction keeps).
+    ///
+    /// A generation ended at exactly `at` is the one alive at `at`, unless the next generation
+    /// was created in that same revision: a txn deleted the key and put it again (etcd's
+    /// duplicate-key check lets a delete with range end `"\0"` through). The put is then the
+    /// state at `at` and must be kept; stopping at the tombstone, as etcd since #18274 does,
+    /// deletes the live record while the index still points at it (etcd #22376: the next read
+    /// of the key stops the member, and a restart loses the key).
     fn compaction_point(&self, at: i64) -> (usize, Option<usize>) {
         let last = self.generations.len() - 1;
         let mut gi = 0;
-        while gi < last && self.generations[gi].last().main < at {
+        while gi < last {
+            let ended_before = self.generations[gi].last().main < at;
+            let next_created_at = self.generations[gi + 1]
+                .revs
+                .first()
+                .is_some_and(|r| r.main == at);
+            if !ended_before && !next_created_at {
+                break;
+            }
             gi += 1;
         }
         (gi, self.generations[gi].latest_at(at))
@@ -385,6 +400,40 @@ mod tests {
             !idx.contains(b"foo"),
             "a key with nothing left leaves the index"
         );
+    }
+
+    #[test]
+    fn compaction_keeps_a_key_deleted_and_recreated_in_the_compacted_revision() {
+        // One txn at revision 3: delete (3_0), then put again (3_1).
+        let mut idx = Index::default();
+        idx.put(b"k", Rev::new(2, 0));
+        idx.tombstone(b"k", Rev::new(3, 0));
+        idx.put(b"k", Rev::new(3, 1));
+        assert_eq!(
+            idx.available(3),
+            HashSet::from([Rev::new(3, 1)]),
+            "the put is the state at 3, not the tombstone before it"
+        );
+        assert_eq!(idx.keep(3), HashSet::from([Rev::new(3, 1)]));
+        idx.compact(3);
+        assert_eq!(idx.generations(b"k"), vec![vec![(3, 1)]]);
+        let at3 = idx.get(b"k", 3).expect("the key exists at 3");
+        assert_eq!(
+            (at3.modified, at3.created.main, at3.version),
+            (Rev::new(3, 1), 3, 1)
+        );
+
+        // Deleted again in the same txn: the tombstone is the state at 3, kept as usual.
+        let mut idx = Index::default();
+        idx.put(b"k", Rev::new(2, 0));
+        idx.tombstone(b"k", Rev::new(3, 0));
+        idx.put(b"k", Rev::new(3, 1));
+        idx.tombstone(b"k", Rev::new(3, 2));
+        assert_eq!(idx.available(3), HashSet::from([Rev::new(3, 2)]));
+        assert!(idx.keep(3).is_empty(), "HashKV leaves the tombstone out");
+        idx.compact(3);
+        assert_eq!(idx.generations(b"k"), vec![vec![(3, 2)], vec![]]);
+        assert_eq!(idx.get(b"k", 3), None);
     }
 
     #[test]
