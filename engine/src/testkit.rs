@@ -432,6 +432,20 @@ impl Cluster {
         }
     }
 
+    /// etcd's offline defragmentation (`etcdutl defrag`): stops `id` after persisting
+    /// everything it handed out, gives the space its backend freed back, and restarts it.
+    /// Messages in flight to it are lost, as for any stopped member.
+    pub fn defrag_offline(&mut self, id: NodeId) {
+        self.persist(id);
+        self.crash(id);
+        let sim = self.nodes.get_mut(&id).expect("known node");
+        sim.parked_backend
+            .as_mut()
+            .unwrap_or_else(|| panic!("n{id} has no backend to defragment"))
+            .defragment();
+        self.restart(id);
+    }
+
     /// A one-line summary per node: role, term, leader, commit, applied, revision.
     pub fn status_lines(&self) -> String {
         let mut s = String::new();
