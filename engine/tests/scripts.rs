@@ -5,15 +5,24 @@
 //!
 //! Commands (arguments `key=value` unless noted; `<n>` is a node number):
 //!   cluster voters=3 [seed=1] [snapshot-count=N] [catch-up=N] [checkpoint-ms=N]
+//!       [quota=BYTES] [progress-notify-ms=N]
 //!   campaign <n> | tick [count=1] | stabilize | status | elect
-//!   put <n> <key> <value> [lease=ID] [prev-kv] [ignore-value] [ignore-lease]
+//!   put <n> <key> [<value>] [lease=ID] [prev-kv] [ignore-value] [ignore-lease]
+//!   put <n> <key> size=N   (the value is N bytes of `x`)
 //!   get <n> <key> [end=K|prefix|from] [rev=R] [limit=L] [serializable] [keys-only]
 //!       [count-only] [sort=TARGET:ORDER] [min-mod=R] [max-mod=R] [min-create=R] [max-create=R]
 //!   del <n> <key> [end=K|prefix|from] [prev-kv]
 //!   txn <n> [if=CMP;CMP] [then=OP;OP] [else=OP;OP]
 //!       CMP: value(k)=v version(k)>1 create(k)=0 mod(k)<5 lease(k)!=0  (=, !=, >, <)
-//!       OP:  put(k,v) get(k) del(k) del(k..end)
+//!       OP:  put(k,v) put(k,v,lease=ID) get(k) get(k..end) get(k,rev=R) del(k) del(k..end)
+//!       `N*CMP` / `N*OP` repeat it N times, the key suffixed with 1..N: 3*put(k,v) is
+//!       put(k1,v);put(k2,v);put(k3,v)
+//!   Keys: `""` is the empty key, `\0` the single byte 0 (`get 1 \0 from` reads every key).
+//!   A value longer than 32 bytes prints as `<N bytes>`. sort=TARGET:ORDER also takes the
+//!   enum numbers (sort=9:asc), to send what no name spells.
 //!   compact <n> <rev> | hashkv <n> [rev=R] | hash <n> | status-of <n> | alarms <n>
+//!   alarm-disarm <n> <member>  (deactivates that member's NOSPACE alarm, as etcdctl does)
+//!   defrag <n>  (etcdutl's offline defrag: stop n, give its freed space back, restart it)
 //!   lease-grant <n> <ttl> [id=ID] | lease-revoke <n> <id> | keepalive <n> <id>
 //!   ttl <n> <id> [keys] | leases <n>
 //!   member-add <n> <peer-url> [learner] | member-remove <n> <id|last> | member-list <n>
@@ -22,6 +31,9 @@
 //!   watch <n> <stream> <key> [end=K|prefix|from] [from-rev=R] [prev-kv] [noput] [nodelete]
 //!       [progress-notify] [id=W]
 //!   watch-cancel <n> <stream> <id> | watch-progress <n> <stream> | events <n>
+//!       Watch responses print as `stream S watch W [created] [canceled] [reason=".."]
+//!       [compact-rev=C] rev=H` (H: the header revision), a progress notification as
+//!       `stream S watch W progress rev=H`, then one line per event.
 //!   submit <n> put <key> <value>  (no waiting; prints the request id) | answers
 //!   partition <n>... | cut <a> <b> | heal | crash <n> | restart <n>
 //!   persist <n> | deliver <from> <to> | drop <from> <to> | log <n>
@@ -85,6 +97,23 @@ impl Cmd {
     }
 }
 
+/// A key as scripts write it: `""` is the empty key, `\0` the single byte 0.
+fn key_bytes(text: &str) -> Vec<u8> {
+    match text {
+        "\"\"" => Vec::new(),
+        "\\0" => vec![0],
+        _ => text.as_bytes().to_vec(),
+    }
+}
+
+/// Bytes as scripts print them: long values by their size, the byte 0 as `\0`.
+fn show(bytes: &[u8]) -> String {
+    if bytes.len() > 32 {
+        return format!("<{} bytes>", bytes.len());
+    }
+    String::from_utf8_lossy(bytes).replace('\0', "\\0")
+}
+
 fn prefix_end(key: &[u8]) -> Vec<u8> {
     let mut end = key.to_vec();
     while let Some(last) = end.pop() {
@@ -96,21 +125,21 @@ fn prefix_end(key: &[u8]) -> Vec<u8> {
     vec![0]
 }
 
-fn range_end(key: &str, end: Option<&String>, cmd: &Cmd) -> Vec<u8> {
+fn range_end(key: &[u8], end: Option<&String>, cmd: &Cmd) -> Vec<u8> {
     if cmd.flag("prefix") {
-        return prefix_end(key.as_bytes());
+        return prefix_end(key);
     }
     if cmd.flag("from") {
         return vec![0];
     }
-    end.map(|e| e.as_bytes().to_vec()).unwrap_or_default()
+    end.map(|e| key_bytes(e)).unwrap_or_default()
 }
 
 fn fmt_kv(kv: &KeyValue) -> String {
     let mut s = format!(
         "{}={} mod={} create={} ver={}",
-        String::from_utf8_lossy(&kv.key),
-        String::from_utf8_lossy(&kv.value),
+        show(&kv.key),
+        show(&kv.value),
         kv.mod_revision,
         kv.create_revision,
         kv.version
@@ -209,14 +238,27 @@ fn fmt_response(resp: &Response) -> String {
             let alarms: Vec<String> = r
                 .alarms
                 .iter()
-                .map(|a| format!("{}:{}", a.member_id, a.alarm))
+                .map(|a| {
+                    let name = pb::AlarmType::try_from(a.alarm)
+                        .map_or_else(|_| a.alarm.to_string(), |t| t.as_str_name().to_string());
+                    format!("n{}:{name}", a.member_id)
+                })
                 .collect();
             write!(s, "alarms=[{}]", alarms.join(" ")).expect("string");
         }
         Response::Status(r) => write!(
             s,
-            "leader={} term={} applied={} version={} learner={} errors={:?}",
-            r.leader, r.raft_term, r.raft_applied_index, r.version, r.is_learner, r.errors
+            "leader={} term={} applied={} version={} learner={} errors={:?} db-size={} \
+             db-in-use={} quota={}",
+            r.leader,
+            r.raft_term,
+            r.raft_applied_index,
+            r.version,
+            r.is_learner,
+            r.errors,
+            r.db_size,
+            r.db_size_in_use,
+            r.db_size_quota
         )
         .expect("string"),
         Response::Hash(r) => write!(s, "hash={:08x}", r.hash).expect("string"),
@@ -280,7 +322,7 @@ fn parse_compare(text: &str) -> pb::Compare {
         panic!("bad compare operator in {text}")
     };
     let (key, end) = match key.split_once("..") {
-        Some((k, e)) => (k, e.as_bytes().to_vec()),
+        Some((k, e)) => (k, key_bytes(e)),
         None => (key, Vec::new()),
     };
     let num = || {
@@ -314,7 +356,7 @@ fn parse_compare(text: &str) -> pb::Compare {
     pb::Compare {
         result: op as i32,
         target: t as i32,
-        key: key.as_bytes().to_vec(),
+        key: key_bytes(key),
         range_end: end,
         target_union: Some(union),
     }
@@ -325,26 +367,39 @@ fn parse_op(text: &str) -> pb::RequestOp {
     let args = rest.strip_suffix(')').expect("closing paren");
     let request = match name {
         "put" => {
-            let (k, v) = args.split_once(',').expect("put(k,v)");
+            let mut parts = args.split(',');
+            let k = parts.next().expect("put(k,v)");
+            let v = parts.next().expect("put(k,v)");
+            let lease = parts.next().map_or(0, |l| {
+                l.strip_prefix("lease=")
+                    .and_then(|id| id.parse().ok())
+                    .unwrap_or_else(|| panic!("put(k,v,lease=ID) in {text}"))
+            });
             request_op::Request::RequestPut(pb::PutRequest {
-                key: k.as_bytes().to_vec(),
+                key: key_bytes(k),
                 value: v.as_bytes().to_vec(),
+                lease,
                 ..Default::default()
             })
         }
         "get" => {
-            let (k, end) = args.split_once("..").map_or((args, ""), |(k, e)| (k, e));
+            let (span, revision) = match args.split_once(",rev=") {
+                Some((span, rev)) => (span, rev.parse().expect("get(k,rev=R)")),
+                None => (args, 0),
+            };
+            let (k, end) = span.split_once("..").map_or((span, ""), |(k, e)| (k, e));
             request_op::Request::RequestRange(pb::RangeRequest {
-                key: k.as_bytes().to_vec(),
-                range_end: end.as_bytes().to_vec(),
+                key: key_bytes(k),
+                range_end: key_bytes(end),
+                revision,
                 ..Default::default()
             })
         }
         "del" => {
             let (k, end) = args.split_once("..").map_or((args, ""), |(k, e)| (k, e));
             request_op::Request::RequestDeleteRange(pb::DeleteRangeRequest {
-                key: k.as_bytes().to_vec(),
-                range_end: end.as_bytes().to_vec(),
+                key: key_bytes(k),
+                range_end: key_bytes(end),
                 ..Default::default()
             })
         }
@@ -355,28 +410,49 @@ fn parse_op(text: &str) -> pb::RequestOp {
     }
 }
 
-fn split_list(s: Option<&String>) -> Vec<&str> {
-    s.map(|s| s.split(';').filter(|p| !p.is_empty()).collect())
-        .unwrap_or_default()
+/// The items of a `;`-separated list, `N*ITEM` expanded to N copies of ITEM whose key (the
+/// text after the first `(`) is suffixed with 1..N.
+fn split_list(s: Option<&String>) -> Vec<String> {
+    let mut items = Vec::new();
+    for item in s.into_iter().flat_map(|s| s.split(';')) {
+        let repeated = item
+            .split_once('*')
+            .and_then(|(n, rest)| Some((n.parse::<usize>().ok()?, rest)));
+        match repeated {
+            None if item.is_empty() => {}
+            None => items.push(item.to_string()),
+            Some((n, rest)) => {
+                let (name, args) = rest.split_once('(').expect("N*name(key...)");
+                let key_len = args.find([',', ')', '.']).unwrap_or(args.len());
+                let (key, tail) = args.split_at(key_len);
+                items.extend((1..=n).map(|i| format!("{name}({key}{i}{tail}")));
+            }
+        }
+    }
+    items
 }
 
 fn sort_option(spec: &str) -> (i32, i32) {
     let (target, order) = spec.split_once(':').unwrap_or((spec, "asc"));
     let target = match target {
-        "key" => range_request::SortTarget::Key,
-        "version" => range_request::SortTarget::Version,
-        "create" => range_request::SortTarget::Create,
-        "mod" => range_request::SortTarget::Mod,
-        "value" => range_request::SortTarget::Value,
-        other => panic!("sort target {other}"),
+        "key" => range_request::SortTarget::Key as i32,
+        "version" => range_request::SortTarget::Version as i32,
+        "create" => range_request::SortTarget::Create as i32,
+        "mod" => range_request::SortTarget::Mod as i32,
+        "value" => range_request::SortTarget::Value as i32,
+        other => other
+            .parse()
+            .unwrap_or_else(|_| panic!("sort target {other}")),
     };
     let order = match order {
-        "none" => range_request::SortOrder::None,
-        "asc" => range_request::SortOrder::Ascend,
-        "desc" => range_request::SortOrder::Descend,
-        other => panic!("sort order {other}"),
+        "none" => range_request::SortOrder::None as i32,
+        "asc" => range_request::SortOrder::Ascend as i32,
+        "desc" => range_request::SortOrder::Descend as i32,
+        other => other
+            .parse()
+            .unwrap_or_else(|_| panic!("sort order {other}")),
     };
-    (order as i32, target as i32)
+    (order, target)
 }
 
 impl Runner {
@@ -400,10 +476,14 @@ impl Runner {
             "cluster" => {
                 let voters = cmd.num("voters", 3) as u64;
                 let seed = cmd.num("seed", 1) as u64;
-                let snapshot_count = cmd.num("snapshot-count", 0) as u64;
-                let catch_up = cmd.num("catch-up", -1);
-                let checkpoint = cmd.num("checkpoint-ms", 0) as u64;
-                CONFIG.with(|c| *c.borrow_mut() = (snapshot_count, catch_up, checkpoint));
+                let settings = Settings {
+                    snapshot_count: cmd.num("snapshot-count", 0) as u64,
+                    catch_up: cmd.num("catch-up", -1),
+                    checkpoint_ms: cmd.num("checkpoint-ms", 0) as u64,
+                    quota_bytes: cmd.num("quota", 0) as u64,
+                    progress_notify_ms: cmd.num("progress-notify-ms", 0) as u64,
+                };
+                CONFIG.with(|c| c.set(settings));
                 self.cluster = Some(Cluster::with_config(voters, seed, configure));
                 "ok".into()
             }
@@ -456,6 +536,11 @@ impl Runner {
             "restart" => {
                 let n = cmd.node(0);
                 self.c().restart(n);
+                "ok".into()
+            }
+            "defrag" => {
+                let n = cmd.node(0);
+                self.c().defrag_offline(n);
                 "ok".into()
             }
             "persist" => {
@@ -524,7 +609,7 @@ impl Runner {
             "watch" => {
                 let n = cmd.node(0);
                 let stream = StreamId(cmd.pos[1].parse().expect("stream"));
-                let key = cmd.pos[2].clone();
+                let key = key_bytes(&cmd.pos[2]);
                 let mut filters = Vec::new();
                 if cmd.flag("noput") {
                     filters.push(pb::watch_create_request::FilterType::Noput as i32);
@@ -533,7 +618,7 @@ impl Runner {
                     filters.push(pb::watch_create_request::FilterType::Nodelete as i32);
                 }
                 let req = pb::WatchCreateRequest {
-                    key: key.as_bytes().to_vec(),
+                    key: key.clone(),
                     range_end: range_end(&key, cmd.kv.get("end"), &cmd),
                     start_revision: cmd.num("from-rev", 0),
                     progress_notify: cmd.flag("progress-notify"),
@@ -598,19 +683,18 @@ impl Runner {
                 s.push_str(" created");
             }
             if r.canceled {
-                write!(s, " canceled reason={:?}", r.cancel_reason).expect("string");
+                s.push_str(" canceled");
+            }
+            if !r.cancel_reason.is_empty() {
+                write!(s, " reason={:?}", r.cancel_reason).expect("string");
             }
             if r.compact_revision != 0 {
                 write!(s, " compact-rev={}", r.compact_revision).expect("string");
             }
             if r.events.is_empty() && !r.created && !r.canceled {
-                write!(
-                    s,
-                    " progress rev={}",
-                    r.header.as_ref().map_or(0, |h| h.revision)
-                )
-                .expect("string");
+                s.push_str(" progress");
             }
+            write!(s, " rev={}", r.header.as_ref().map_or(0, |h| h.revision)).expect("string");
             for ev in &r.events {
                 let kind = if ev.r#type == EventType::Put as i32 {
                     "PUT"
@@ -637,20 +721,30 @@ impl Runner {
         let arg = |i: usize| cmd.pos.get(i).cloned().unwrap_or_default();
         let request = match cmd.name.as_str() {
             "put" => Request::Put(pb::PutRequest {
-                key: arg(1).into_bytes(),
-                value: arg(2).into_bytes(),
+                key: key_bytes(&arg(1)),
+                value: match cmd.kv.get("size") {
+                    Some(n) => vec![b'x'; n.parse().expect("size=N")],
+                    // The value is optional (with ignore-value): a flag is not a value.
+                    None => cmd
+                        .pos
+                        .get(2)
+                        .filter(|v| {
+                            !["prev-kv", "ignore-value", "ignore-lease"].contains(&v.as_str())
+                        })
+                        .map_or_else(Vec::new, |v| v.as_bytes().to_vec()),
+                },
                 lease: cmd.num("lease", 0),
                 prev_kv: cmd.flag("prev-kv"),
                 ignore_value: cmd.flag("ignore-value"),
                 ignore_lease: cmd.flag("ignore-lease"),
             }),
             "get" => {
-                let key = arg(1);
+                let key = key_bytes(&arg(1));
                 let (sort_order, sort_target) =
                     cmd.kv.get("sort").map_or((0, 0), |s| sort_option(s));
                 Request::Range(pb::RangeRequest {
                     range_end: range_end(&key, cmd.kv.get("end"), cmd),
-                    key: key.into_bytes(),
+                    key,
                     limit: cmd.num("limit", 0),
                     revision: cmd.num("rev", 0),
                     sort_order,
@@ -665,25 +759,25 @@ impl Runner {
                 })
             }
             "del" => {
-                let key = arg(1);
+                let key = key_bytes(&arg(1));
                 Request::DeleteRange(pb::DeleteRangeRequest {
                     range_end: range_end(&key, cmd.kv.get("end"), cmd),
-                    key: key.into_bytes(),
+                    key,
                     prev_kv: cmd.flag("prev-kv"),
                 })
             }
             "txn" => Request::Txn(pb::TxnRequest {
                 compare: split_list(cmd.kv.get("if"))
                     .into_iter()
-                    .map(parse_compare)
+                    .map(|c| parse_compare(&c))
                     .collect(),
                 success: split_list(cmd.kv.get("then"))
                     .into_iter()
-                    .map(parse_op)
+                    .map(|o| parse_op(&o))
                     .collect(),
                 failure: split_list(cmd.kv.get("else"))
                     .into_iter()
-                    .map(parse_op)
+                    .map(|o| parse_op(&o))
                     .collect(),
             }),
             "compact" => Request::Compact(pb::CompactionRequest {
@@ -696,9 +790,14 @@ impl Runner {
             "hash" => Request::Hash(pb::HashRequest {}),
             "status-of" => Request::Status(pb::StatusRequest {}),
             "alarms" => Request::Alarm(pb::AlarmRequest {
-                action: 0,
+                action: pb::alarm_request::AlarmAction::Get as i32,
                 member_id: 0,
-                alarm: 0,
+                alarm: pb::AlarmType::None as i32,
+            }),
+            "alarm-disarm" => Request::Alarm(pb::AlarmRequest {
+                action: pb::alarm_request::AlarmAction::Deactivate as i32,
+                member_id: arg(1).parse().expect("member id"),
+                alarm: pb::AlarmType::Nospace as i32,
             }),
             "lease-grant" => Request::LeaseGrant(pb::LeaseGrantRequest {
                 ttl: arg(1).parse().expect("ttl"),
@@ -739,23 +838,46 @@ impl Runner {
     }
 }
 
+/// The `cluster` options that change node configs; 0 (or -1 for `catch_up`) keeps the default.
+#[derive(Clone, Copy)]
+struct Settings {
+    snapshot_count: u64,
+    catch_up: i64,
+    checkpoint_ms: u64,
+    quota_bytes: u64,
+    progress_notify_ms: u64,
+}
+
 thread_local! {
-    static CONFIG: std::cell::RefCell<(u64, i64, u64)> = const { std::cell::RefCell::new((0, -1, 0)) };
+    static CONFIG: std::cell::Cell<Settings> = const {
+        std::cell::Cell::new(Settings {
+            snapshot_count: 0,
+            catch_up: -1,
+            checkpoint_ms: 0,
+            quota_bytes: 0,
+            progress_notify_ms: 0,
+        })
+    };
 }
 
 fn configure(config: &mut strata_engine::node::Config) {
-    CONFIG.with(|c| {
-        let (snapshot_count, catch_up, checkpoint) = *c.borrow();
-        if snapshot_count > 0 {
-            config.limits.snapshot_count = snapshot_count;
-        }
-        if catch_up >= 0 {
-            config.limits.snapshot_catch_up_entries = catch_up as u64;
-        }
-        if checkpoint > 0 {
-            config.limits.lease_checkpoint_interval_ms = checkpoint;
-        }
-    });
+    let s = CONFIG.with(|c| c.get());
+    let limits = &mut config.limits;
+    if s.snapshot_count > 0 {
+        limits.snapshot_count = s.snapshot_count;
+    }
+    if s.catch_up >= 0 {
+        limits.snapshot_catch_up_entries = s.catch_up as u64;
+    }
+    if s.checkpoint_ms > 0 {
+        limits.lease_checkpoint_interval_ms = s.checkpoint_ms;
+    }
+    if s.quota_bytes > 0 {
+        limits.quota_backend_bytes = s.quota_bytes;
+    }
+    if s.progress_notify_ms > 0 {
+        limits.progress_notify_interval_ms = s.progress_notify_ms;
+    }
 }
 
 /// Runs one script; returns the text with outputs as the engine produced them.

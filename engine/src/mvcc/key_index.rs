@@ -438,4 +438,38 @@ mod tests {
         idx.put(b"k", Rev::new(3, 0));
         idx.put(b"k", Rev::new(2, 0));
     }
+
+    #[test]
+    fn compaction_keeps_a_key_deleted_and_recreated_in_the_compacted_revision() {
+        // One txn at revision 3: delete (3_0), then put again (3_1).
+        let mut idx = Index::default();
+        idx.put(b"k", Rev::new(2, 0));
+        idx.tombstone(b"k", Rev::new(3, 0));
+        idx.put(b"k", Rev::new(3, 1));
+        assert_eq!(
+            idx.available(3),
+            HashSet::from([Rev::new(3, 1)]),
+            "the put is the state at 3, not the tombstone before it"
+        );
+        assert_eq!(idx.keep(3), HashSet::from([Rev::new(3, 1)]));
+        idx.compact(3);
+        assert_eq!(idx.generations(b"k"), vec![vec![(3, 1)]]);
+        let at3 = idx.get(b"k", 3).expect("the key exists at 3");
+        assert_eq!(
+            (at3.modified, at3.created.main, at3.version),
+            (Rev::new(3, 1), 3, 1)
+        );
+
+        // Deleted again in the same txn: the tombstone is the state at 3, kept as usual.
+        let mut idx = Index::default();
+        idx.put(b"k", Rev::new(2, 0));
+        idx.tombstone(b"k", Rev::new(3, 0));
+        idx.put(b"k", Rev::new(3, 1));
+        idx.tombstone(b"k", Rev::new(3, 2));
+        assert_eq!(idx.available(3), HashSet::from([Rev::new(3, 2)]));
+        assert!(idx.keep(3).is_empty(), "HashKV leaves the tombstone out");
+        idx.compact(3);
+        assert_eq!(idx.generations(b"k"), vec![vec![(3, 2)], vec![]]);
+        assert_eq!(idx.get(b"k", 3), None);
+    }
 }
