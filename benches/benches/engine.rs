@@ -45,6 +45,7 @@ struct PutRun {
 impl PutRun {
     fn new(voters: u64) -> PutRun {
         let mut cluster = Cluster::new(voters, 7);
+        cluster.set_tracing(false);
         let leader = cluster
             .elect(100)
             .unwrap_or_else(|| panic!("no leader among {voters} voters"));
@@ -58,11 +59,11 @@ impl PutRun {
     /// Submits `batch` puts to the leader and stabilizes: every put is persisted, committed
     /// and applied on every member, and answered.
     fn round(&mut self, batch: u64) {
-        for _ in 0..batch {
-            let request = Request::Put(put(self.puts % PUT_KEYS));
-            self.cluster.submit(self.leader, request);
-            self.puts += 1;
-        }
+        let requests = (0..batch)
+            .map(|i| Request::Put(put((self.puts + i) % PUT_KEYS)))
+            .collect();
+        self.cluster.submit_batch(self.leader, requests);
+        self.puts += batch;
         self.cluster.stabilize();
         let answers = std::mem::take(&mut self.cluster.answers);
         assert_eq!(answers.len() as u64, batch, "answers of one round");

@@ -84,6 +84,7 @@ pub struct Cluster {
     pub watch_outputs: Vec<(NodeId, WatchOutput)>,
     pub leader_changes: Vec<(NodeId, Option<NodeId>, Term)>,
     trace: u64,
+    tracing: bool,
     pub tick_ms: u64,
     /// How configs are made for new nodes.
     pub configure: fn(&mut Config),
@@ -125,6 +126,7 @@ impl Cluster {
             watch_outputs: Vec::new(),
             leader_changes: Vec::new(),
             trace: 0xcbf2_9ce4_8422_2325,
+            tracing: true,
             tick_ms: 100,
             configure,
         };
@@ -186,6 +188,11 @@ impl Cluster {
 
     /// Feeds one input to a live node and routes its outputs.
     pub fn step(&mut self, id: NodeId, input: Input) {
+        self.step_batch(id, vec![input]);
+    }
+
+    /// Feeds several inputs at once (one Ready for all of them) and routes the outputs.
+    pub fn step_batch(&mut self, id: NodeId, inputs: Vec<Input>) {
         let now = self.now_ms;
         let Some(sim) = self.nodes.get_mut(&id) else {
             return;
@@ -193,7 +200,7 @@ impl Cluster {
         let Some(node) = sim.node.as_mut() else {
             return;
         };
-        if let Err(e) = node.step(now, input) {
+        if let Err(e) = node.step_batch(now, inputs) {
             panic!("n{id}: fatal: {e}");
         }
         let outputs = node.take_outputs();
@@ -202,7 +209,15 @@ impl Cluster {
         }
     }
 
+    /// Turns the trace hash off (benches): formatting every output costs more than the engine.
+    pub fn set_tracing(&mut self, on: bool) {
+        self.tracing = on;
+    }
+
     fn record(&mut self, id: NodeId, what: &str) {
+        if !self.tracing {
+            return;
+        }
         self.trace = fnv(self.trace, &id.0.to_be_bytes());
         self.trace = fnv(self.trace, what.as_bytes());
     }
@@ -210,7 +225,9 @@ impl Cluster {
     fn route(&mut self, id: NodeId, out: Output) {
         match out {
             Output::Send(m) => {
-                self.record(id, &format!("{m:?}"));
+                if self.tracing {
+                    self.record(id, &format!("{m:?}"));
+                }
                 let key = (id, NodeId(m.to));
                 self.links.entry(key).or_default().push_back(m);
             }
@@ -234,7 +251,9 @@ impl Cluster {
                     .compact(index, term);
             }
             Output::Respond { id: rid, result } => {
-                self.record(id, &format!("respond {rid} {result:?}"));
+                if self.tracing {
+                    self.record(id, &format!("respond {rid} {result:?}"));
+                }
                 self.answers.push(Answer {
                     node: id,
                     id: rid,
@@ -242,7 +261,9 @@ impl Cluster {
                 });
             }
             Output::Watch(w) => {
-                self.record(id, &format!("watch {w:?}"));
+                if self.tracing {
+                    self.record(id, &format!("watch {w:?}"));
+                }
                 self.watch_outputs.push((id, w));
             }
             Output::LeaderChanged { leader, term } => {
@@ -299,9 +320,7 @@ impl Cluster {
                 progressed |= self.persist(id);
             }
             for (from, to) in self.busy_links() {
-                while self.deliver_one(from, to) {
-                    progressed = true;
-                }
+                progressed |= self.deliver_all(from, to) > 0;
             }
             if !progressed {
                 return;
@@ -346,6 +365,39 @@ impl Cluster {
         self.next_request += 1;
         self.step(id, Input::Request { id: rid, request });
         rid
+    }
+
+    /// Submits several requests to one node in one batch (one Ready, one log append).
+    pub fn submit_batch(&mut self, id: NodeId, requests: Vec<Request>) -> Vec<RequestId> {
+        let mut ids = Vec::with_capacity(requests.len());
+        let mut inputs = Vec::with_capacity(requests.len());
+        for request in requests {
+            let rid = RequestId(self.next_request);
+            self.next_request += 1;
+            ids.push(rid);
+            inputs.push(Input::Request { id: rid, request });
+        }
+        self.step_batch(id, inputs);
+        ids
+    }
+
+    /// Delivers every message queued on one link in one batch, as a driver draining a socket
+    /// would; returns how many were taken off the link.
+    pub fn deliver_all(&mut self, from: NodeId, to: NodeId) -> usize {
+        let Some(queue) = self.links.get_mut(&(from, to)) else {
+            return 0;
+        };
+        let msgs: Vec<Message> = queue.drain(..).collect();
+        let count = msgs.len();
+        if count == 0 || self.cut.contains(&(from, to)) || !self.is_up(to) {
+            return count;
+        }
+        let inputs = msgs
+            .into_iter()
+            .map(|m| Input::Message(Box::new(m)))
+            .collect();
+        self.step_batch(to, inputs);
+        count
     }
 
     pub fn answer(&self, rid: RequestId) -> Option<&Answer> {
