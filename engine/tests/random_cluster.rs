@@ -247,38 +247,36 @@ fn run(voters: u64, seed: u64, steps: usize) -> Run {
     }
 }
 
-fn seeds(count: u64, base: u64) -> impl Iterator<Item = u64> {
-    (0..count).map(move |i| base + i)
+/// Runs `count` seeds from `base` (times `STRATA_SEED_FACTOR`, for longer local runs).
+fn run_seeds(voters: u64, count: u64, base: u64) {
+    let factor: u64 = std::env::var("STRATA_SEED_FACTOR")
+        .ok()
+        .and_then(|f| f.parse().ok())
+        .unwrap_or(1);
+    let count = count * factor;
+    let (mut acked, mut ops) = (0, 0);
+    for seed in base..base + count {
+        let r = run(voters, seed, 5000);
+        acked += r.acked;
+        ops += r.ops;
+    }
+    println!(
+        "{voters} nodes: {count} seeds, {ops} client ops, {acked} acknowledged writes verified"
+    );
+    assert!(
+        acked > 0,
+        "no write was ever acknowledged: the schedule is too hostile to test anything"
+    );
 }
 
 #[test]
 fn three_nodes_random_faults() {
-    let (mut acked, mut ops) = (0, 0);
-    for seed in seeds(150, 1000) {
-        let r = run(3, seed, 5000);
-        acked += r.acked;
-        ops += r.ops;
-    }
-    println!("3 nodes: 150 seeds, {ops} client ops, {acked} acknowledged writes verified");
-    assert!(
-        acked > 0,
-        "no write was ever acknowledged: the schedule is too hostile to test anything"
-    );
+    run_seeds(3, 150, 1000);
 }
 
 #[test]
 fn five_nodes_random_faults() {
-    let (mut acked, mut ops) = (0, 0);
-    for seed in seeds(80, 5000) {
-        let r = run(5, seed, 5000);
-        acked += r.acked;
-        ops += r.ops;
-    }
-    println!("5 nodes: 80 seeds, {ops} client ops, {acked} acknowledged writes verified");
-    assert!(
-        acked > 0,
-        "no write was ever acknowledged: the schedule is too hostile to test anything"
-    );
+    run_seeds(5, 80, 5000);
 }
 
 #[test]
