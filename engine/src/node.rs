@@ -38,11 +38,12 @@ use crate::prng::Prng;
 use crate::proto::etcdserverpb::{self as pb, alarm_request::AlarmAction, AlarmType};
 use crate::proto::mvccpb::Event;
 use crate::proto::strata::internal::{
-    internal_request, InternalRequest, LeaseCheckpoint, LeaseCheckpoints, MemberRecord,
+    internal_request, InternalRequest, LeaseCheckpoint, LeaseCheckpoints, MemberAttributes,
+    MemberRecord,
 };
 use crate::raft_log::LogStore;
 use crate::request::{txn_is_read_only, Request, Response};
-use crate::state_machine::{Applied, StateMachine};
+use crate::state_machine::{Applied, Outcome, StateMachine};
 use crate::types::{LeaseId, LogIndex, NodeId, RequestId, Revision, StreamId, Term, WatchId};
 use crate::watch::{History, WatchHub, WatchOutput};
 
@@ -190,6 +191,12 @@ pub enum Input {
     },
     /// Campaign now instead of waiting for the election timeout.
     Campaign,
+    /// This member's name and client URLs, to record in the member list (etcd's publish).
+    /// Proposed through raft and retried until applied.
+    Publish {
+        name: String,
+        client_urls: Vec<String>,
+    },
 }
 
 /// Work the driver must do to make a Ready durable.
@@ -307,6 +314,8 @@ pub struct Node<B: KvBackend> {
     snapshot_applied_on_persist: Option<(u64, u64)>,
     last_compaction: LogIndex,
     transfer: Option<(RequestId, NodeId, u64)>,
+    /// Attributes to publish, until the member list shows them.
+    publish: Option<MemberAttributes>,
     removed: bool,
     outputs: Vec<Output>,
 }
@@ -369,6 +378,7 @@ impl<B: KvBackend> Node<B> {
             snapshot_applied_on_persist: None,
             last_compaction: compacted.0,
             transfer: None,
+            publish: None,
             removed: false,
             outputs: Vec::new(),
         };
@@ -514,6 +524,15 @@ impl<B: KvBackend> Node<B> {
             Input::Campaign => {
                 let _ = self.raw.campaign();
             }
+            Input::Publish { name, client_urls } => {
+                let attrs = MemberAttributes {
+                    id: self.config.id.0,
+                    name,
+                    client_urls,
+                };
+                self.propose_internal(internal_request::Request::MemberAttributes(attrs.clone()));
+                self.publish = Some(attrs);
+            }
         }
         Ok(())
     }
@@ -593,6 +612,7 @@ impl<B: KvBackend> Node<B> {
         if self.is_leader() {
             self.expire_leases();
         }
+        self.retry_publish();
         let current = self.revision();
         let interval = self.config.limits.progress_notify_interval_ms;
         let outs = self.watch.tick(self.now_ms, interval, current);
@@ -746,39 +766,56 @@ impl<B: KvBackend> Node<B> {
         let Some(pending) = self.pending.remove(&origin.proposal) else {
             return Ok(()); // proposed before a restart, or timed out already
         };
-        let result = match (pending.kind, result) {
-            (_, Err(e)) => Err(e),
-            (PendingKind::Plain, Ok(resp)) => Ok(resp),
-            (PendingKind::MemberAdd, Ok(_)) => {
-                let member = applied.member.as_ref().map(to_member);
-                Ok(Response::MemberAdd(pb::MemberAddResponse {
-                    header: None,
-                    member,
-                    members: self.sm.members.list(),
-                }))
-            }
-            (PendingKind::MemberRemove, Ok(_)) => {
-                Ok(Response::MemberRemove(pb::MemberRemoveResponse {
-                    header: None,
-                    members: self.sm.members.list(),
-                }))
-            }
-            (PendingKind::MemberPromote, Ok(_)) => {
-                Ok(Response::MemberPromote(pb::MemberPromoteResponse {
-                    header: None,
-                    members: self.sm.members.list(),
-                }))
-            }
-            (PendingKind::KeepAlive { lease, ttl }, Ok(_)) => {
-                Ok(Response::LeaseKeepAlive(pb::LeaseKeepAliveResponse {
-                    header: None,
-                    id: lease.0,
-                    ttl,
-                }))
-            }
+        let result = match result {
+            Err(e) => Err(e),
+            Ok(outcome) => Ok(self.reply_for(pending.kind, outcome, applied.member.as_ref())),
         };
         self.respond(pending.id, result);
         Ok(())
+    }
+
+    /// The answer to an applied proposal: the state machine's, or one built from what the
+    /// proposal asked for. Which it is follows from the kind of proposal (asserted).
+    fn reply_for(
+        &self,
+        kind: PendingKind,
+        outcome: Outcome,
+        member: Option<&MemberRecord>,
+    ) -> Response {
+        let members = || self.sm.members.list();
+        match (kind, outcome) {
+            (PendingKind::Plain, Outcome::Done(resp)) => *resp,
+            (PendingKind::MemberAdd, Outcome::Accepted) => {
+                Response::MemberAdd(pb::MemberAddResponse {
+                    header: None,
+                    member: member.map(to_member),
+                    members: members(),
+                })
+            }
+            (PendingKind::MemberRemove, Outcome::Accepted) => {
+                Response::MemberRemove(pb::MemberRemoveResponse {
+                    header: None,
+                    members: members(),
+                })
+            }
+            (PendingKind::MemberPromote, Outcome::Accepted) => {
+                Response::MemberPromote(pb::MemberPromoteResponse {
+                    header: None,
+                    members: members(),
+                })
+            }
+            (PendingKind::KeepAlive { lease, ttl }, Outcome::Accepted) => {
+                Response::LeaseKeepAlive(pb::LeaseKeepAliveResponse {
+                    header: None,
+                    id: lease.0,
+                    ttl,
+                })
+            }
+            (kind, outcome) => panic!(
+                "n{}: proposal of kind {kind:?} applied with outcome {outcome:?}",
+                self.config.id
+            ),
+        }
     }
 
     fn header(&self) -> pb::ResponseHeader {
@@ -974,7 +1011,7 @@ impl<B: KvBackend> Node<B> {
             errors,
             db_size_in_use: backend.size_in_use_bytes() as i64,
             is_learner,
-            storage_version: String::new(),
+            storage_version: ETCD_VERSION.to_string(),
             db_size_quota: self.config.limits.quota_backend_bytes as i64,
             downgrade_info: None,
         }
@@ -1244,6 +1281,23 @@ impl<B: KvBackend> Node<B> {
         let all = std::mem::take(&mut self.inflight_reads);
         for (_, batch) in all {
             self.unsent_reads.extend(batch.reads);
+        }
+    }
+
+    /// Re-proposes this member's attributes every election timeout until they are applied
+    /// (a proposal is dropped while no leader is known, and may be lost with a leader).
+    fn retry_publish(&mut self) {
+        let Some(attrs) = &self.publish else { return };
+        let applied = self
+            .sm
+            .members
+            .get(self.config.id)
+            .is_some_and(|m| m.name == attrs.name && m.client_urls == attrs.client_urls);
+        if applied {
+            self.publish = None;
+        } else if self.ticks.is_multiple_of(self.config.election_ticks as u64) {
+            let attrs = attrs.clone();
+            self.propose_internal(internal_request::Request::MemberAttributes(attrs));
         }
     }
 

@@ -43,11 +43,21 @@ pub struct Origin {
     pub proposal: u64,
 }
 
+/// How an applied request turned out, for the node that proposed it.
+#[derive(Debug)]
+pub enum Outcome {
+    /// The client's answer.
+    Done(Box<Response>),
+    /// Applied; the proposer builds the answer from what it asked for (a membership change
+    /// answers with the member list after raft applied it, a keep-alive with its TTL).
+    Accepted,
+}
+
 /// What applying one entry produced.
 #[derive(Debug, Default)]
 pub struct Applied {
     /// The result for the client waiting on the proposing node.
-    pub reply: Option<(Origin, Result<Response, EtcdError>)>,
+    pub reply: Option<(Origin, Result<Outcome, EtcdError>)>,
     /// Watch events of the entry's revision, `prev_kv` filled.
     pub events: Vec<Event>,
     /// A membership change raft must now apply (the node calls `apply_conf_change`).
@@ -198,7 +208,7 @@ impl<B: KvBackend> StateMachine<B> {
             return Ok(Applied::default());
         };
         let (result, events) = match self.apply_request(request, now_ms) {
-            Ok((resp, events)) => (Ok(resp), events),
+            Ok((outcome, events)) => (Ok(outcome), events),
             Err(Error::Etcd(e)) => (Err(e), Vec::new()),
             Err(Error::Backend(e)) => return Err(e),
         };
@@ -213,8 +223,9 @@ impl<B: KvBackend> StateMachine<B> {
         &mut self,
         request: internal_request::Request,
         now_ms: u64,
-    ) -> Result<(Response, Vec<Event>), Error> {
+    ) -> Result<(Outcome, Vec<Event>), Error> {
         use internal_request::Request as R;
+        use Outcome::{Accepted, Done};
         let nospace = self.nospace();
         match request {
             R::Put(put) => {
@@ -226,12 +237,12 @@ impl<B: KvBackend> StateMachine<B> {
                     .mvcc
                     .put(&self.backend, &put, &|id| lessor.contains(id))?;
                 self.track_leases(&events);
-                Ok((Response::Put(resp), events))
+                Ok((Done(Box::new(Response::Put(resp))), events))
             }
             R::DeleteRange(del) => {
                 let (resp, events) = self.mvcc.delete_range(&self.backend, &del)?;
                 self.track_leases(&events);
-                Ok((Response::DeleteRange(resp), events))
+                Ok((Done(Box::new(Response::DeleteRange(resp))), events))
             }
             R::Txn(txn) => {
                 if nospace && txn_has_put(&txn) {
@@ -242,11 +253,14 @@ impl<B: KvBackend> StateMachine<B> {
                     .mvcc
                     .txn(&self.backend, &txn, &|id| lessor.contains(id))?;
                 self.track_leases(&events);
-                Ok((Response::Txn(resp), events))
+                Ok((Done(Box::new(Response::Txn(resp))), events))
             }
             R::Compaction(c) => {
                 self.mvcc.compact(&self.backend, Revision(c.revision))?;
-                Ok((Response::Compact(CompactionResponse::default()), Vec::new()))
+                Ok((
+                    Done(Box::new(Response::Compact(CompactionResponse::default()))),
+                    Vec::new(),
+                ))
             }
             R::LeaseGrant(g) => {
                 if nospace {
@@ -255,15 +269,13 @@ impl<B: KvBackend> StateMachine<B> {
                 let resp = self
                     .lessor
                     .grant(LeaseId(g.id), g.ttl, now_ms, &mut self.batch)?;
-                Ok((Response::LeaseGrant(resp), Vec::new()))
+                Ok((Done(Box::new(Response::LeaseGrant(resp))), Vec::new()))
             }
             R::LeaseRevoke(r) => {
                 let keys = self.lessor.revoke(LeaseId(r.id), &mut self.batch)?;
                 let events = self.mvcc.delete_keys(&self.backend, &keys)?;
-                Ok((
-                    Response::LeaseRevoke(LeaseRevokeResponse::default()),
-                    events,
-                ))
+                let resp = Response::LeaseRevoke(LeaseRevokeResponse::default());
+                Ok((Done(Box::new(resp)), events))
             }
             R::LeaseCheckpoint(cps) => {
                 for cp in &cps.checkpoints {
@@ -271,11 +283,8 @@ impl<B: KvBackend> StateMachine<B> {
                         self.lessor.checkpoint(cp, now_ms, &mut self.batch);
                     }
                 }
-                // The reply (if a keep-alive waits on a checkpoint reset) is built by the node.
-                Ok((
-                    Response::LeaseRevoke(LeaseRevokeResponse::default()),
-                    Vec::new(),
-                ))
+                // A keep-alive may wait on this reset; the node answers it with the TTL.
+                Ok((Accepted, Vec::new()))
             }
             R::Alarm(a) => {
                 self.apply_alarm(a.action, a.member_id, a.alarm);
@@ -283,7 +292,7 @@ impl<B: KvBackend> StateMachine<B> {
                     header: None,
                     alarms: self.alarms(),
                 };
-                Ok((Response::Alarm(resp), Vec::new()))
+                Ok((Done(Box::new(Response::Alarm(resp))), Vec::new()))
             }
             R::MemberUpdate(m) => {
                 let id = NodeId(m.id);
@@ -299,11 +308,11 @@ impl<B: KvBackend> StateMachine<B> {
                     header: None,
                     members: self.members.list(),
                 };
-                Ok((Response::MemberUpdate(resp), Vec::new()))
+                Ok((Done(Box::new(Response::MemberUpdate(resp))), Vec::new()))
             }
             R::MemberAttributes(attrs) => {
                 self.members.set_attributes(&attrs, &mut self.batch);
-                Ok((Response::MemberList(Default::default()), Vec::new()))
+                Ok((Accepted, Vec::new()))
             }
         }
     }
@@ -376,8 +385,7 @@ impl<B: KvBackend> StateMachine<B> {
                 applied.conf_change = Some(cc);
                 applied.member = Some(member);
                 if origin.node.0 != 0 {
-                    // The node fills the response once raft applied the change.
-                    applied.reply = Some((origin, Ok(Response::MemberList(Default::default()))));
+                    applied.reply = Some((origin, Ok(Outcome::Accepted)));
                 }
             }
         }

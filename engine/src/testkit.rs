@@ -29,11 +29,9 @@ struct Durable {
 impl Durable {
     fn persist(&mut self, task: &PersistTask) {
         if let Some((index, term)) = task.snapshot {
-            self.log.entries.retain(|e| e.index > index.0);
-            if self.log.compacted.0 < index {
-                self.log.compacted = (index, term);
-            }
+            // The log restarts after an installed snapshot.
             self.log.entries.clear();
+            self.log.compacted = (index, term);
         }
         if let Some(first) = task.entries.first() {
             let keep = first.index.saturating_sub(self.log.compacted.0 .0 + 1) as usize;

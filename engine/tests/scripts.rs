@@ -28,6 +28,7 @@
 //!   member-add <n> <peer-url> [learner] | member-remove <n> <id|last> | member-list <n>
 //!   member-promote <n> <id|last> | start-member <id|last>
 //!   transfer-leader <n> <target>
+//!   publish <n> <name> <client-url>...  (the member's attributes) | member-show <n> <id>
 //!   watch <n> <stream> <key> [end=K|prefix|from] [from-rev=R] [prev-kv] [noput] [nodelete]
 //!       [progress-notify] [id=W]
 //!   watch-cancel <n> <stream> <id> | watch-progress <n> <stream> | events <n>
@@ -491,6 +492,33 @@ impl Runner {
                 let n = cmd.node(0);
                 self.c().step(n, strata_engine::node::Input::Campaign);
                 "ok".into()
+            }
+            "publish" => {
+                let n = cmd.node(0);
+                let input = strata_engine::node::Input::Publish {
+                    name: cmd.pos[1].clone(),
+                    client_urls: cmd.pos[2..].to_vec(),
+                };
+                self.c().step(n, input);
+                "ok".into()
+            }
+            "member-show" => {
+                let (n, id) = (cmd.node(0), cmd.node(1));
+                let req = Request::MemberList(pb::MemberListRequest {
+                    linearizable: false,
+                });
+                match self.c().call(n, req) {
+                    Ok(Response::MemberList(r)) => match r.members.iter().find(|m| m.id == id.0) {
+                        Some(m) => format!(
+                            "name={} peer={} client={}",
+                            m.name,
+                            m.peer_ur_ls.join(","),
+                            m.client_ur_ls.join(",")
+                        ),
+                        None => "no such member".into(),
+                    },
+                    other => format!("unexpected: {other:?}"),
+                }
             }
             "tick" => {
                 // Time passes on a working network: each tick, then everything deliverable.
