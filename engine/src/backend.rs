@@ -27,9 +27,11 @@ pub enum Bucket {
     MembersRemoved = 5,
     /// Raised alarms.
     Alarm = 6,
-    /// Auth state (enabled flag, revision).
+    /// Auth state: keys `enabled` (one byte, 1 = enabled) and `revision` (u64 big-endian).
     Auth = 7,
+    /// Auth users: name → `authpb.User`.
     AuthUsers = 8,
+    /// Auth roles: name → `authpb.Role`.
     AuthRoles = 9,
 }
 

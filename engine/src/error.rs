@@ -8,6 +8,7 @@
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GrpcCode {
     Canceled = 1,
+    Unknown = 2,
     InvalidArgument = 3,
     DeadlineExceeded = 4,
     NotFound = 5,
@@ -89,6 +90,45 @@ pub enum EtcdError {
     Unhealthy,
     #[error("etcdserver: corrupt cluster")]
     Corrupt,
+    #[error("etcdserver: root user does not exist")]
+    RootUserNotExist,
+    #[error("etcdserver: root user does not have root role")]
+    RootRoleNotExist,
+    #[error("etcdserver: user name already exists")]
+    UserAlreadyExist,
+    #[error("etcdserver: user name is empty")]
+    UserEmpty,
+    #[error("etcdserver: user name not found")]
+    UserNotFound,
+    #[error("etcdserver: role name already exists")]
+    RoleAlreadyExist,
+    #[error("etcdserver: role name not found")]
+    RoleNotFound,
+    #[error("etcdserver: role name is empty")]
+    RoleEmpty,
+    #[error("etcdserver: authentication failed, invalid user ID or password")]
+    AuthFailed,
+    #[error("etcdserver: permission not given")]
+    PermissionNotGiven,
+    #[error("etcdserver: permission denied")]
+    PermissionDenied,
+    #[error("etcdserver: role is not granted to the user")]
+    RoleNotGranted,
+    #[error("etcdserver: permission is not granted to the role")]
+    PermissionNotGranted,
+    #[error("etcdserver: authentication is not enabled")]
+    AuthNotEnabled,
+    #[error("etcdserver: invalid auth token")]
+    InvalidAuthToken,
+    #[error("etcdserver: invalid auth management")]
+    InvalidAuthMgmt,
+    #[error("etcdserver: revision of auth store is old")]
+    AuthOldRevision,
+    /// etcd's `auth.ErrNoPasswordUser`, which has no rpctypes twin: etcd sends its text as is,
+    /// with code Unknown. Authenticating as a user added with `no_password`, or a password
+    /// hash that is not valid base64.
+    #[error("auth: authentication failed, password was given for no password user")]
+    NoPasswordUser,
     /// A malformed request etcd would reject while decoding or validating; the text names the
     /// field at fault.
     #[error("{0}")]
@@ -101,9 +141,9 @@ impl EtcdError {
         use EtcdError::*;
         match self {
             EmptyKey | KeyNotFound | ValueProvided | LeaseProvided | TooManyOps | DuplicateKey
-            | InvalidSortOption | RequestTooLarge | MemberBadUrls | InvalidArgument(_) => {
-                GrpcCode::InvalidArgument
-            }
+            | InvalidSortOption | RequestTooLarge | MemberBadUrls | InvalidArgument(_)
+            | UserEmpty | RoleEmpty | AuthFailed | PermissionNotGiven | InvalidAuthMgmt
+            | AuthOldRevision => GrpcCode::InvalidArgument,
             Compacted | FutureRev | LeaseTtlTooLarge => GrpcCode::OutOfRange,
             NoSpace | TooManyRequests => GrpcCode::ResourceExhausted,
             LeaseNotFound | MemberNotFound => GrpcCode::NotFound,
@@ -115,7 +155,19 @@ impl EtcdError {
             | LearnerNotReady
             | TooManyLearners
             | NotLeader
-            | BadLeaderTransferee => GrpcCode::FailedPrecondition,
+            | BadLeaderTransferee
+            | RootUserNotExist
+            | RootRoleNotExist
+            | UserAlreadyExist
+            | UserNotFound
+            | RoleAlreadyExist
+            | RoleNotFound
+            | RoleNotGranted
+            | PermissionNotGranted
+            | AuthNotEnabled => GrpcCode::FailedPrecondition,
+            PermissionDenied => GrpcCode::PermissionDenied,
+            InvalidAuthToken => GrpcCode::Unauthenticated,
+            NoPasswordUser => GrpcCode::Unknown,
             NoLeader
             | LeaderChanged
             | Timeout
@@ -124,6 +176,32 @@ impl EtcdError {
             | Stopped
             | Unhealthy => GrpcCode::Unavailable,
             Corrupt => GrpcCode::DataLoss,
+        }
+    }
+
+    /// The text of this error as a Go gRPC status prints it (`status.Error(..).Error()`),
+    /// which is what etcd puts in a watch's `cancel_reason` when auth refuses the watch.
+    pub fn grpc_status_text(&self) -> String {
+        format!("rpc error: code = {} desc = {self}", self.code().name())
+    }
+}
+
+impl GrpcCode {
+    /// The code's name as gRPC prints it (`codes.Code.String()`).
+    pub fn name(self) -> &'static str {
+        match self {
+            GrpcCode::Canceled => "Canceled",
+            GrpcCode::Unknown => "Unknown",
+            GrpcCode::InvalidArgument => "InvalidArgument",
+            GrpcCode::DeadlineExceeded => "DeadlineExceeded",
+            GrpcCode::NotFound => "NotFound",
+            GrpcCode::FailedPrecondition => "FailedPrecondition",
+            GrpcCode::OutOfRange => "OutOfRange",
+            GrpcCode::ResourceExhausted => "ResourceExhausted",
+            GrpcCode::PermissionDenied => "PermissionDenied",
+            GrpcCode::Unavailable => "Unavailable",
+            GrpcCode::DataLoss => "DataLoss",
+            GrpcCode::Unauthenticated => "Unauthenticated",
         }
     }
 }
@@ -145,6 +223,100 @@ mod tests {
         );
         assert_eq!(EtcdError::LeaseNotFound.code(), GrpcCode::NotFound);
         assert_eq!(EtcdError::NoSpace.code(), GrpcCode::ResourceExhausted);
+    }
+
+    /// rpctypes/error.go, each auth error's code and text.
+    #[test]
+    fn auth_texts_and_codes_are_etcds() {
+        use EtcdError::*;
+        let cases = [
+            (
+                RootUserNotExist,
+                GrpcCode::FailedPrecondition,
+                "root user does not exist",
+            ),
+            (
+                RootRoleNotExist,
+                GrpcCode::FailedPrecondition,
+                "root user does not have root role",
+            ),
+            (
+                UserAlreadyExist,
+                GrpcCode::FailedPrecondition,
+                "user name already exists",
+            ),
+            (UserEmpty, GrpcCode::InvalidArgument, "user name is empty"),
+            (
+                UserNotFound,
+                GrpcCode::FailedPrecondition,
+                "user name not found",
+            ),
+            (
+                RoleAlreadyExist,
+                GrpcCode::FailedPrecondition,
+                "role name already exists",
+            ),
+            (
+                RoleNotFound,
+                GrpcCode::FailedPrecondition,
+                "role name not found",
+            ),
+            (RoleEmpty, GrpcCode::InvalidArgument, "role name is empty"),
+            (
+                AuthFailed,
+                GrpcCode::InvalidArgument,
+                "authentication failed, invalid user ID or password",
+            ),
+            (
+                PermissionNotGiven,
+                GrpcCode::InvalidArgument,
+                "permission not given",
+            ),
+            (
+                PermissionDenied,
+                GrpcCode::PermissionDenied,
+                "permission denied",
+            ),
+            (
+                RoleNotGranted,
+                GrpcCode::FailedPrecondition,
+                "role is not granted to the user",
+            ),
+            (
+                PermissionNotGranted,
+                GrpcCode::FailedPrecondition,
+                "permission is not granted to the role",
+            ),
+            (
+                AuthNotEnabled,
+                GrpcCode::FailedPrecondition,
+                "authentication is not enabled",
+            ),
+            (
+                InvalidAuthToken,
+                GrpcCode::Unauthenticated,
+                "invalid auth token",
+            ),
+            (
+                InvalidAuthMgmt,
+                GrpcCode::InvalidArgument,
+                "invalid auth management",
+            ),
+            (
+                AuthOldRevision,
+                GrpcCode::InvalidArgument,
+                "revision of auth store is old",
+            ),
+        ];
+        for (e, code, text) in cases {
+            assert_eq!(e.to_string(), format!("etcdserver: {text}"));
+            assert_eq!(e.code(), code, "{e}");
+        }
+        assert_eq!(NoPasswordUser.code(), GrpcCode::Unknown);
+        assert_eq!(
+            PermissionDenied.grpc_status_text(),
+            "rpc error: code = PermissionDenied desc = etcdserver: permission denied"
+        );
     }
 }
 

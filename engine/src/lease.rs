@@ -317,6 +317,11 @@ impl Lessor {
         self.leases.contains_key(&id)
     }
 
+    /// The keys attached to a lease, in key order; `None` for an unknown lease.
+    pub fn keys(&self, id: LeaseId) -> Option<&BTreeSet<Vec<u8>>> {
+        self.leases.get(&id).map(|l| &l.keys)
+    }
+
     /// Applies one checkpoint of a `LeaseCheckpoints` entry. Unknown leases are ignored (the
     /// lease may have been revoked after the checkpoint was proposed). On the primary, the lease
     /// is armed for its next checkpoint, and a reset (`remaining_ttl == 0`, proposed by a

@@ -1,5 +1,5 @@
 //! Strata's sans-I/O core: Raft (tikv raft-rs) and etcd's v3 state machine — MVCC, leases,
-//! watches, membership — with no I/O, no clock, no threads and no unseeded randomness.
+//! watches, membership, auth — with no I/O, no clock, no threads and no unseeded randomness.
 //!
 //! [`node::Node`] is the one entry point: the driver feeds it [`node::Input`]s and executes the
 //! [`node::Output`]s it returns, in order; `node.rs` states the ordering contract. The MVCC
@@ -7,6 +7,7 @@
 //! the server, [`MemBackend`] in tests and the simulator.
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod backend;
 pub mod error;
 pub mod lease;
@@ -24,6 +25,7 @@ pub mod testkit;
 pub mod types;
 pub mod watch;
 
+pub use auth::{AuthInfo, PasswordCheck};
 pub use backend::{BackendError, Bucket, KvBackend, MemBackend, WriteBatch};
 pub use error::{EtcdError, GrpcCode};
 pub use limits::Limits;

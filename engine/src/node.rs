@@ -16,9 +16,21 @@
 //!
 //! Time: `Input::Tick` advances raft by one tick; `now_ms` (a monotonic millisecond clock the
 //! driver owns) is passed with every step and is only used for lease expiry, which the leader
-//! alone decides. Randomness: raft-rs draws election timeouts from `thread_rng`; the node
+//! alone decides, and for the TTL of auth tokens, which only this member's answers depend on. Randomness: raft-rs draws election timeouts from `thread_rng`; the node
 //! overrides every draw from its own seeded PRNG after each change of term or role, so the same
 //! seed and inputs give the same outputs.
+//!
+//! Auth (etcd's, see `auth.rs`): requests carry the client's token, if any (the gRPC `token`
+//! metadata). While auth is enabled the node resolves it to a user when the request arrives: a
+//! malformed, unknown or expired token is `invalid auth token`; a token minted by an
+//! `Authenticate` entry this member has not applied yet makes the request wait until it has
+//! (etcd's simple-token index wait), or answers `invalid auth token` at the request deadline.
+//! Reads are checked when served, admin-only and "any user" operations when they arrive,
+//! writes when applied, on every member, with the user and auth revision their proposal
+//! carries. To authenticate a client, the server takes the hash from [`Node::password_check`],
+//! runs bcrypt itself, and submits `Request::Authenticate` carrying the revision it checked
+//! at; an answer of `revision of auth store is old` means the store moved meanwhile, so the
+//! server checks the password again and resubmits, as etcd does.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -29,6 +41,7 @@ use raft::eraftpb::{
 };
 use raft::{RawNode, ReadOnlyOption, StateRole, Storage};
 
+use crate::auth::{AuthInfo, AuthStore, PasswordCheck, DEFAULT_TOKEN_TTL_SECS};
 use crate::backend::{BackendError, KvBackend};
 use crate::error::{Error, EtcdError};
 use crate::limits::{self, Limits};
@@ -45,6 +58,7 @@ use crate::raft_log::LogStore;
 use crate::request::{txn_is_read_only, Request, Response};
 use crate::state_machine::{Applied, Outcome, StateMachine};
 use crate::types::{LeaseId, LogIndex, NodeId, RequestId, Revision, StreamId, Term, WatchId};
+use crate::watch::created_and_canceled;
 use crate::watch::{History, WatchHub, WatchOutput};
 
 /// The etcd API version Strata implements, reported by `Status`.
@@ -65,6 +79,8 @@ pub struct Config {
     /// Seeds every random choice. Drivers must draw a fresh seed per boot: proposal ids come
     /// from it and must not repeat across restarts.
     pub seed: u64,
+    /// How long an auth token stays valid after its last use (etcd's `--auth-token-ttl`).
+    pub auth_token_ttl_secs: u64,
 }
 
 impl Config {
@@ -79,6 +95,7 @@ impl Config {
             request_timeout_ticks: 70,
             limits: Limits::default(),
             seed,
+            auth_token_ttl_secs: DEFAULT_TOKEN_TTL_SECS,
         }
     }
 
@@ -88,6 +105,10 @@ impl Config {
 
     pub fn min_lease_ttl_secs(&self) -> i64 {
         limits::min_lease_ttl_secs(self.election_timeout_ms())
+    }
+
+    pub fn auth_token_ttl_ms(&self) -> u64 {
+        self.auth_token_ttl_secs * 1000
     }
 }
 
@@ -148,6 +169,7 @@ fn conf_change(
         origin,
         request_id: proposal,
         request: Some(internal_request::Request::MemberUpdate(member.clone())),
+        ..InternalRequest::default()
     };
     cc.set_context(ctx.encode_to_vec().into());
     cc
@@ -163,14 +185,19 @@ pub enum Input {
     Persisted {
         number: u64,
     },
-    /// A client request submitted to this node.
+    /// A client request submitted to this node, with the client's auth token (the gRPC
+    /// `token` metadata; an optional `Bearer ` prefix is ignored). Ignored while auth is
+    /// disabled.
     Request {
         id: RequestId,
         request: Request,
+        token: Option<String>,
     },
+    /// `token`: the watch stream's auth token, as for `Request`.
     WatchCreate {
         stream: StreamId,
         request: pb::WatchCreateRequest,
+        token: Option<String>,
     },
     WatchCancel {
         stream: StreamId,
@@ -278,7 +305,25 @@ struct Parked {
 struct WaitingRead {
     id: RequestId,
     request: Request,
+    /// Who sent it; its permissions are checked when it is served.
+    sender: Option<AuthInfo>,
     deadline: u64,
+}
+
+/// An input whose token names an `Authenticate` entry this member has not applied yet.
+#[derive(Debug)]
+struct AwaitingToken {
+    index: LogIndex,
+    deadline: u64,
+    input: Input,
+}
+
+/// Who sent a request, once its token is resolved.
+enum Sender {
+    /// Auth disabled, or no token (`None`), or the token's user.
+    Known(Option<AuthInfo>),
+    /// The token comes from the entry at this index, not applied here yet.
+    Await(LogIndex),
 }
 
 #[derive(Debug)]
@@ -308,6 +353,8 @@ pub struct Node<B: KvBackend> {
     inflight_reads: BTreeMap<u64, ReadBatch>,
     /// Reads whose read index is known, waiting for apply to reach it.
     ready_reads: VecDeque<(LogIndex, Vec<WaitingRead>)>,
+    /// Requests and watches waiting for their token's `Authenticate` entry to be applied.
+    awaiting_token: Vec<AwaitingToken>,
     /// Messages held until the Ready with that number is persisted.
     held_messages: VecDeque<(u64, Vec<Message>)>,
     /// A snapshot whose persistence will let raft count it applied.
@@ -329,7 +376,11 @@ impl<B: KvBackend> Node<B> {
     /// [`bootstrap_log`] for the first start of a new cluster's initial member, and an empty
     /// [`PersistedLog`] for a member joining an existing cluster).
     pub fn open(config: Config, backend: B, log: PersistedLog) -> Result<Node<B>, Fatal> {
-        let sm = StateMachine::open(backend, config.min_lease_ttl_secs())?;
+        let sm = StateMachine::open(
+            backend,
+            config.min_lease_ttl_secs(),
+            config.auth_token_ttl_ms(),
+        )?;
         let (applied, applied_term) = sm.applied();
         let mut hard_state = log.hard_state;
         let mut compacted = log.compacted;
@@ -374,6 +425,7 @@ impl<B: KvBackend> Node<B> {
             unsent_reads: Vec::new(),
             inflight_reads: BTreeMap::new(),
             ready_reads: VecDeque::new(),
+            awaiting_token: Vec::new(),
             held_messages: VecDeque::new(),
             snapshot_applied_on_persist: None,
             last_compaction: compacted.0,
@@ -427,6 +479,14 @@ impl<B: KvBackend> Node<B> {
 
     pub fn state_machine(&self) -> &StateMachine<B> {
         &self.sm
+    }
+
+    /// etcd's `CheckPassword` up to bcrypt: the hash the server checks a password against
+    /// before submitting `Request::Authenticate`, and the auth revision to put in it. Errors
+    /// are the client's answer: `authentication is not enabled`, `authentication failed`
+    /// (no such user), or etcd's no-password-user error.
+    pub fn password_check(&self, name: &str) -> Result<PasswordCheck, EtcdError> {
+        self.sm.auth.password_check(name)
     }
 
     /// The raft log entries held in memory (for tests and invariant checkers).
@@ -485,8 +545,29 @@ impl<B: KvBackend> Node<B> {
             self.after_raft_call();
         }
         self.handle_ready()?;
+        // Entries just applied may be the Authenticate entries some requests wait for.
+        loop {
+            let ready = self.take_token_ready();
+            if ready.is_empty() {
+                break;
+            }
+            for input in ready {
+                self.on_input(input)?;
+                self.after_raft_call();
+            }
+            self.handle_ready()?;
+        }
         self.sync_watchers()?;
         Ok(())
+    }
+
+    fn take_token_ready(&mut self) -> Vec<Input> {
+        let applied = self.sm.applied().0;
+        let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.awaiting_token)
+            .into_iter()
+            .partition(|a| a.index <= applied);
+        self.awaiting_token = waiting;
+        ready.into_iter().map(|a| a.input).collect()
     }
 
     fn on_input(&mut self, input: Input) -> Result<(), Fatal> {
@@ -494,12 +575,12 @@ impl<B: KvBackend> Node<B> {
             Input::Tick => self.on_tick(),
             Input::Message(m) => self.on_message(*m),
             Input::Persisted { number } => self.on_persisted(number),
-            Input::Request { id, request } => self.on_request(id, request)?,
-            Input::WatchCreate { stream, request } => {
-                let (current, compact) = self.revisions();
-                let out = self.watch.create(stream, &request, current, compact);
-                self.emit_watch(vec![out]);
-            }
+            Input::Request { id, request, token } => self.on_request(id, request, token)?,
+            Input::WatchCreate {
+                stream,
+                request,
+                token,
+            } => self.on_watch_create(stream, request, token),
             Input::WatchCancel { stream, watch_id } => {
                 if let Some(out) = self.watch.cancel(stream, watch_id) {
                     self.emit_watch(vec![out]);
@@ -535,6 +616,75 @@ impl<B: KvBackend> Node<B> {
             }
         }
         Ok(())
+    }
+
+    /// etcd's watch-create auth check (`isWatchPermitted`): read permission on the watched
+    /// range, after the negative start revision check; a refusal is a created-and-canceled
+    /// response whose reason is the gRPC status text of the error.
+    fn on_watch_create(
+        &mut self,
+        stream: StreamId,
+        request: pb::WatchCreateRequest,
+        token: Option<String>,
+    ) {
+        if request.start_revision >= 0 {
+            let refused = match self.sender(token.as_deref()) {
+                Ok(Sender::Await(index)) => {
+                    let input = Input::WatchCreate {
+                        stream,
+                        request,
+                        token,
+                    };
+                    self.await_token(index, input);
+                    return;
+                }
+                Ok(Sender::Known(ai)) => {
+                    let key = if request.key.is_empty() {
+                        vec![0]
+                    } else {
+                        request.key.clone()
+                    };
+                    self.sm
+                        .auth
+                        .check_range(ai.as_ref(), &key, &request.range_end)
+                        .err()
+                }
+                Err(e) => Some(e),
+            };
+            if let Some(e) = refused {
+                let out = created_and_canceled(stream, &e.grpc_status_text());
+                self.emit_watch(vec![out]);
+                return;
+            }
+        }
+        let (current, compact) = self.revisions();
+        let out = self.watch.create(stream, &request, current, compact);
+        self.emit_watch(vec![out]);
+    }
+
+    /// etcd's `AuthInfoFromCtx`: who sent a request, from its token.
+    fn sender(&mut self, token: Option<&str>) -> Result<Sender, EtcdError> {
+        let token = match token {
+            Some(t) if self.sm.auth.is_enabled() => t.strip_prefix("Bearer ").unwrap_or(t),
+            _ => return Ok(Sender::Known(None)),
+        };
+        let index = AuthStore::token_index(token).ok_or(EtcdError::InvalidAuthToken)?;
+        if index > self.sm.applied().0 {
+            return Ok(Sender::Await(index));
+        }
+        match self.sm.auth.resolve_token(token, self.now_ms) {
+            Some(ai) => Ok(Sender::Known(Some(ai))),
+            None => Err(EtcdError::InvalidAuthToken),
+        }
+    }
+
+    fn await_token(&mut self, index: LogIndex, input: Input) {
+        let deadline = self.ticks + self.config.request_timeout_ticks;
+        self.awaiting_token.push(AwaitingToken {
+            index,
+            deadline,
+            input,
+        });
     }
 
     fn revisions(&self) -> (Revision, Revision) {
@@ -611,6 +761,12 @@ impl<B: KvBackend> Node<B> {
         }
         if self.is_leader() {
             self.expire_leases();
+        }
+        if self
+            .ticks
+            .is_multiple_of((1000 / self.config.tick_ms).max(1))
+        {
+            self.sm.auth.purge_expired_tokens(self.now_ms);
         }
         self.retry_publish();
         let current = self.revision();
@@ -843,13 +999,35 @@ impl<B: KvBackend> Node<B> {
 
     // ---- client requests ------------------------------------------------------------------
 
-    fn on_request(&mut self, id: RequestId, request: Request) -> Result<(), Fatal> {
+    fn on_request(
+        &mut self,
+        id: RequestId,
+        request: Request,
+        token: Option<String>,
+    ) -> Result<(), Fatal> {
         let size = request_size(&request);
         if size > self.config.limits.max_request_bytes {
             self.respond(id, Err(EtcdError::RequestTooLarge));
             return Ok(());
         }
-        match self.dispatch(id, request) {
+        // etcd resolves no token for Authenticate: the client is logging in.
+        let sender = match &request {
+            Request::Authenticate(_) => Ok(Sender::Known(None)),
+            _ => self.sender(token.as_deref()),
+        };
+        let sender = match sender {
+            Ok(Sender::Known(ai)) => ai,
+            Ok(Sender::Await(index)) => {
+                let input = Input::Request { id, request, token };
+                self.await_token(index, input);
+                return Ok(());
+            }
+            Err(e) => {
+                self.respond(id, Err(e));
+                return Ok(());
+            }
+        };
+        match self.dispatch(id, request, sender) {
             Ok(()) => Ok(()),
             Err(Error::Etcd(e)) => {
                 self.respond(id, Err(e));
@@ -859,36 +1037,53 @@ impl<B: KvBackend> Node<B> {
         }
     }
 
-    fn dispatch(&mut self, id: RequestId, request: Request) -> Result<(), Error> {
+    /// `sender`: who sent the request (see [`AuthInfo`]); reads are checked when served,
+    /// writes when applied, everything else here (`AuthStore::check_serve`).
+    fn dispatch(
+        &mut self,
+        id: RequestId,
+        request: Request,
+        sender: Option<AuthInfo>,
+    ) -> Result<(), Error> {
         use internal_request::Request as R;
         let limits = self.config.limits.clone();
+        let ai = sender.as_ref();
+        let checked_when_served = match &request {
+            Request::Range(_) => true,
+            Request::Txn(t) => txn_is_read_only(t),
+            _ => false,
+        };
+        if !checked_when_served {
+            self.sm.auth.check_serve(ai, &request, &self.sm.lessor)?;
+        }
+        let plain = PendingKind::Plain;
         match request {
             Request::Range(r) => {
                 mvcc::validate_range(&r)?;
                 let serializable = r.serializable;
-                self.read(id, Request::Range(r), serializable)
+                self.read(id, Request::Range(r), serializable, sender)
             }
             Request::Put(p) => {
                 mvcc::validate_put(&p)?;
                 self.check_quota(p.key.len() + p.value.len())?;
-                self.propose(id, R::Put(p), PendingKind::Plain)
+                self.propose(id, R::Put(p), plain, ai)
             }
             Request::DeleteRange(d) => {
                 mvcc::validate_delete_range(&d)?;
-                self.propose(id, R::DeleteRange(d), PendingKind::Plain)
+                self.propose(id, R::DeleteRange(d), plain, ai)
             }
             Request::Txn(t) => {
                 mvcc::validate_txn(&t, limits.max_txn_ops)?;
                 if txn_is_read_only(&t) {
                     let serializable = txn_is_serializable(&t);
-                    return self.read(id, Request::Txn(t), serializable);
+                    return self.read(id, Request::Txn(t), serializable, sender);
                 }
                 if crate::request::txn_has_put(&t) {
                     self.check_quota(t.encoded_len())?;
                 }
-                self.propose(id, R::Txn(t), PendingKind::Plain)
+                self.propose(id, R::Txn(t), plain, ai)
             }
-            Request::Compact(c) => self.propose(id, R::Compaction(c), PendingKind::Plain),
+            Request::Compact(c) => self.propose(id, R::Compaction(c), plain, ai),
             Request::LeaseGrant(mut g) => {
                 if g.ttl > limits::MAX_LEASE_TTL_SECS {
                     return Err(EtcdError::LeaseTtlTooLarge.into());
@@ -897,9 +1092,9 @@ impl<B: KvBackend> Node<B> {
                 if g.id == 0 {
                     g.id = self.new_lease_id();
                 }
-                self.propose(id, R::LeaseGrant(g), PendingKind::Plain)
+                self.propose(id, R::LeaseGrant(g), plain, ai)
             }
-            Request::LeaseRevoke(r) => self.propose(id, R::LeaseRevoke(r), PendingKind::Plain),
+            Request::LeaseRevoke(r) => self.propose(id, R::LeaseRevoke(r), plain, ai),
             Request::LeaseKeepAlive(k) => self.keep_alive(id, LeaseId(k.id)),
             Request::LeaseTimeToLive(t) => {
                 if !self.is_leader() {
@@ -940,11 +1135,11 @@ impl<B: KvBackend> Node<B> {
                     peer_urls: m.peer_ur_ls,
                     ..existing
                 };
-                self.propose(id, R::MemberUpdate(record), PendingKind::Plain)
+                self.propose(id, R::MemberUpdate(record), plain, ai)
             }
             Request::MemberList(m) => {
                 let linearizable = m.linearizable;
-                self.read(id, Request::MemberList(m), !linearizable)
+                self.read(id, Request::MemberList(m), !linearizable, sender)
             }
             Request::MemberPromote(m) => self.member_promote(id, NodeId(m.id)),
             Request::Alarm(a) => {
@@ -956,7 +1151,7 @@ impl<B: KvBackend> Node<B> {
                     self.respond(id, Ok(Response::Alarm(resp)));
                     return Ok(());
                 }
-                self.propose(id, R::Alarm(a), PendingKind::Plain)
+                self.propose(id, R::Alarm(a), plain, ai)
             }
             Request::Status(_) => {
                 let resp = self.status();
@@ -984,6 +1179,65 @@ impl<B: KvBackend> Node<B> {
                 Ok(())
             }
             Request::MoveLeader(m) => self.move_leader(id, NodeId(m.target_id)),
+            Request::AuthEnable(r) => self.propose(id, R::AuthEnable(r), plain, ai),
+            Request::AuthDisable(r) => self.propose(id, R::AuthDisable(r), plain, ai),
+            Request::Authenticate(r) => self.propose(id, R::Authenticate(r), plain, None),
+            Request::UserAdd(mut r) => {
+                // Plaintext never enters the log: the server sends the hash.
+                r.password.clear();
+                self.propose(id, R::AuthUserAdd(r), plain, ai)
+            }
+            Request::UserDelete(r) => self.propose(id, R::AuthUserDelete(r), plain, ai),
+            Request::UserChangePassword(mut r) => {
+                r.password.clear();
+                self.propose(id, R::AuthUserChangePassword(r), plain, ai)
+            }
+            Request::UserGrantRole(r) => self.propose(id, R::AuthUserGrantRole(r), plain, ai),
+            Request::UserRevokeRole(r) => self.propose(id, R::AuthUserRevokeRole(r), plain, ai),
+            Request::RoleAdd(r) => self.propose(id, R::AuthRoleAdd(r), plain, ai),
+            Request::RoleDelete(r) => self.propose(id, R::AuthRoleDelete(r), plain, ai),
+            Request::RoleGrantPermission(r) => {
+                self.propose(id, R::AuthRoleGrantPermission(r), plain, ai)
+            }
+            Request::RoleRevokePermission(r) => {
+                self.propose(id, R::AuthRoleRevokePermission(r), plain, ai)
+            }
+            // Auth reads are served from this member's state (etcd routes them through raft).
+            Request::AuthStatus(_) => {
+                let resp = pb::AuthStatusResponse {
+                    header: None,
+                    enabled: self.sm.auth.is_enabled(),
+                    auth_revision: self.sm.auth.revision(),
+                };
+                self.respond(id, Ok(Response::AuthStatus(resp)));
+                Ok(())
+            }
+            Request::UserGet(r) => {
+                let resp = self.sm.auth.user_get(&r.name)?;
+                self.respond(id, Ok(Response::UserGet(resp)));
+                Ok(())
+            }
+            Request::UserList(_) => {
+                let resp = pb::AuthUserListResponse {
+                    header: None,
+                    users: self.sm.auth.user_list(),
+                };
+                self.respond(id, Ok(Response::UserList(resp)));
+                Ok(())
+            }
+            Request::RoleGet(r) => {
+                let resp = self.sm.auth.role_get(&r.role)?;
+                self.respond(id, Ok(Response::RoleGet(resp)));
+                Ok(())
+            }
+            Request::RoleList(_) => {
+                let resp = pb::AuthRoleListResponse {
+                    header: None,
+                    roles: self.sm.auth.role_list(),
+                };
+                self.respond(id, Ok(Response::RoleList(resp)));
+                Ok(())
+            }
         }
     }
 
@@ -1047,17 +1301,21 @@ impl<B: KvBackend> Node<B> {
         }
     }
 
+    /// Proposes a client's request; `sender` is checked when it is applied.
     fn propose(
         &mut self,
         id: RequestId,
         request: internal_request::Request,
         kind: PendingKind,
+        sender: Option<&AuthInfo>,
     ) -> Result<(), Error> {
         let proposal_id = self.prng.next_u64();
         let data = InternalRequest {
             origin: self.config.id.0,
             request_id: proposal_id,
             request: Some(request),
+            username: sender.map_or_else(String::new, |ai| ai.username.clone()),
+            auth_revision: sender.map_or(0, |ai| ai.revision),
         }
         .encode_to_vec();
         self.submit(proposal_id, Proposal::Normal(data), id, kind)
@@ -1119,6 +1377,7 @@ impl<B: KvBackend> Node<B> {
             origin: 0,
             request_id: 0,
             request: Some(request),
+            ..InternalRequest::default()
         }
         .encode_to_vec();
         // Dropped when leadership is in flux; the leader re-derives the need and retries.
@@ -1152,6 +1411,7 @@ impl<B: KvBackend> Node<B> {
         for p in late {
             self.respond(p.pending.id, Err(EtcdError::NoLeader));
         }
+        self.expire_awaiting_token();
         let mut timed_out = Vec::new();
         self.unsent_reads.retain(|r| {
             let keep = r.deadline > now;
@@ -1181,11 +1441,37 @@ impl<B: KvBackend> Node<B> {
         }
     }
 
+    /// A token whose entry is still not applied at the deadline is invalid (etcd gives up
+    /// its index wait when the request's context ends).
+    fn expire_awaiting_token(&mut self) {
+        let now = self.ticks;
+        let (late, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.awaiting_token)
+            .into_iter()
+            .partition(|a| a.deadline <= now);
+        self.awaiting_token = waiting;
+        for a in late {
+            match a.input {
+                Input::Request { id, .. } => self.respond(id, Err(EtcdError::InvalidAuthToken)),
+                Input::WatchCreate { stream, .. } => {
+                    let reason = EtcdError::InvalidAuthToken.grpc_status_text();
+                    self.emit_watch(vec![created_and_canceled(stream, &reason)]);
+                }
+                other => panic!("n{}: {other:?} waited for a token", self.config.id),
+            }
+        }
+    }
+
     // ---- reads --------------------------------------------------------------------------
 
-    fn read(&mut self, id: RequestId, request: Request, serializable: bool) -> Result<(), Error> {
+    fn read(
+        &mut self,
+        id: RequestId,
+        request: Request,
+        serializable: bool,
+        sender: Option<AuthInfo>,
+    ) -> Result<(), Error> {
         if serializable {
-            let resp = self.serve_read(&request)?;
+            let resp = self.serve_checked(&request, sender)?;
             self.respond(id, Ok(resp));
             return Ok(());
         }
@@ -1193,9 +1479,27 @@ impl<B: KvBackend> Node<B> {
         self.unsent_reads.push(WaitingRead {
             id,
             request,
+            sender,
             deadline,
         });
         Ok(())
+    }
+
+    /// Serves a read once its permissions are checked against the auth store as it is now
+    /// (etcd resolves the token when it serves the read, so its revision is the current one).
+    fn serve_checked(
+        &self,
+        request: &Request,
+        sender: Option<AuthInfo>,
+    ) -> Result<Response, Error> {
+        let ai = sender.map(|ai| AuthInfo {
+            revision: self.sm.auth.revision(),
+            ..ai
+        });
+        self.sm
+            .auth
+            .check_serve(ai.as_ref(), request, &self.sm.lessor)?;
+        self.serve_read(request)
     }
 
     fn serve_read(&self, request: &Request) -> Result<Response, Error> {
@@ -1249,7 +1553,7 @@ impl<B: KvBackend> Node<B> {
             }
             let (_, reads) = self.ready_reads.pop_front().expect("front exists");
             for r in reads {
-                match self.serve_read(&r.request) {
+                match self.serve_checked(&r.request, r.sender) {
                     Ok(resp) => self.respond(r.id, Ok(resp)),
                     Err(Error::Etcd(e)) => self.respond(r.id, Err(e)),
                     Err(Error::Backend(e)) => return Err(e.into()),
@@ -1332,7 +1636,12 @@ impl<B: KvBackend> Node<B> {
                     lease,
                     ttl: renewal.ttl_secs,
                 };
-                self.propose(id, internal_request::Request::LeaseCheckpoint(cps), kind)
+                self.propose(
+                    id,
+                    internal_request::Request::LeaseCheckpoint(cps),
+                    kind,
+                    None,
+                )
             }
             Ok(renewal) => {
                 let resp = pb::LeaseKeepAliveResponse {

@@ -1,7 +1,13 @@
 //! What clients ask of a node and what it answers: etcd's request and response messages,
 //! grouped into one enum per direction so the driver hands the engine any client call.
+//!
+//! Auth: the server owns passwords. `UserAdd` and `UserChangePassword` must carry etcd's
+//! `hashed_password` (base64 of the bcrypt hash; the engine drops any plaintext `password`
+//! before proposing); `Authenticate` is not the client's `AuthenticateRequest` but what the
+//! server proposes once it has checked the password against [`crate::Node::password_check`].
 
 use crate::proto::etcdserverpb::*;
+use crate::proto::strata::internal::InternalAuthenticateRequest;
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Request {
@@ -25,6 +31,23 @@ pub enum Request {
     Hash(HashRequest),
     HashKv(HashKvRequest),
     MoveLeader(MoveLeaderRequest),
+    AuthEnable(AuthEnableRequest),
+    AuthDisable(AuthDisableRequest),
+    AuthStatus(AuthStatusRequest),
+    Authenticate(InternalAuthenticateRequest),
+    UserAdd(AuthUserAddRequest),
+    UserGet(AuthUserGetRequest),
+    UserList(AuthUserListRequest),
+    UserDelete(AuthUserDeleteRequest),
+    UserChangePassword(AuthUserChangePasswordRequest),
+    UserGrantRole(AuthUserGrantRoleRequest),
+    UserRevokeRole(AuthUserRevokeRoleRequest),
+    RoleAdd(AuthRoleAddRequest),
+    RoleGet(AuthRoleGetRequest),
+    RoleList(AuthRoleListRequest),
+    RoleDelete(AuthRoleDeleteRequest),
+    RoleGrantPermission(AuthRoleGrantPermissionRequest),
+    RoleRevokePermission(AuthRoleRevokePermissionRequest),
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -49,6 +72,23 @@ pub enum Response {
     Hash(HashResponse),
     HashKv(HashKvResponse),
     MoveLeader(MoveLeaderResponse),
+    AuthEnable(AuthEnableResponse),
+    AuthDisable(AuthDisableResponse),
+    AuthStatus(AuthStatusResponse),
+    Authenticate(AuthenticateResponse),
+    UserAdd(AuthUserAddResponse),
+    UserGet(AuthUserGetResponse),
+    UserList(AuthUserListResponse),
+    UserDelete(AuthUserDeleteResponse),
+    UserChangePassword(AuthUserChangePasswordResponse),
+    UserGrantRole(AuthUserGrantRoleResponse),
+    UserRevokeRole(AuthUserRevokeRoleResponse),
+    RoleAdd(AuthRoleAddResponse),
+    RoleGet(AuthRoleGetResponse),
+    RoleList(AuthRoleListResponse),
+    RoleDelete(AuthRoleDeleteResponse),
+    RoleGrantPermission(AuthRoleGrantPermissionResponse),
+    RoleRevokePermission(AuthRoleRevokePermissionResponse),
 }
 
 impl Response {
@@ -75,6 +115,23 @@ impl Response {
             Response::Hash(r) => &mut r.header,
             Response::HashKv(r) => &mut r.header,
             Response::MoveLeader(r) => &mut r.header,
+            Response::AuthEnable(r) => &mut r.header,
+            Response::AuthDisable(r) => &mut r.header,
+            Response::AuthStatus(r) => &mut r.header,
+            Response::Authenticate(r) => &mut r.header,
+            Response::UserAdd(r) => &mut r.header,
+            Response::UserGet(r) => &mut r.header,
+            Response::UserList(r) => &mut r.header,
+            Response::UserDelete(r) => &mut r.header,
+            Response::UserChangePassword(r) => &mut r.header,
+            Response::UserGrantRole(r) => &mut r.header,
+            Response::UserRevokeRole(r) => &mut r.header,
+            Response::RoleAdd(r) => &mut r.header,
+            Response::RoleGet(r) => &mut r.header,
+            Response::RoleList(r) => &mut r.header,
+            Response::RoleDelete(r) => &mut r.header,
+            Response::RoleGrantPermission(r) => &mut r.header,
+            Response::RoleRevokePermission(r) => &mut r.header,
         }
     }
 }

@@ -1,5 +1,5 @@
-//! The replicated state machine: applies committed raft entries to MVCC, leases, members and
-//! alarms, all stored in one [`KvBackend`].
+//! The replicated state machine: applies committed raft entries to MVCC, leases, members,
+//! alarms and auth, all stored in one [`KvBackend`].
 //!
 //! Invariants:
 //! - Entries are applied in log order, each exactly once: `applied_index` strictly increases and
@@ -8,22 +8,30 @@
 //! - Applying is deterministic: the same entries on the same state give the same backend
 //!   content on every node (the `Hash`/`HashKV` checks rely on it). Only leader-local lease
 //!   timing reads the node's clock, and it never changes replicated state.
-//! - A request rejected at apply time (NOSPACE, unknown lease, compacted revision...) changes
-//!   nothing but the applied index.
+//! - A request rejected at apply time (NOSPACE, unknown lease, compacted revision, permission
+//!   denied...) changes nothing but the applied index.
+//! - While auth is enabled, a client's entry is checked against the auth store as it stands
+//!   when the entry is applied, with the user and auth revision its proposer resolved
+//!   ([`AuthStore::check_apply`]); commands the engine proposed itself (origin 0) are not.
 
 use std::collections::BTreeSet;
 
 use prost::Message as _;
 use raft::eraftpb::{ConfChangeType, ConfChangeV2, ConfState, Entry, EntryType};
 
+use crate::auth::{AuthInfo, AuthStore};
 use crate::backend::{BackendError, Bucket, KvBackend, Scan, WriteBatch};
 use crate::error::{Error, EtcdError};
 use crate::lease::Lessor;
 use crate::membership::{self, Members};
 use crate::mvcc::MvccStore;
 use crate::proto::etcdserverpb::{
-    alarm_request::AlarmAction, AlarmMember, AlarmResponse, AlarmType, CompactionResponse,
-    LeaseRevokeResponse, MemberUpdateResponse,
+    alarm_request::AlarmAction, AlarmMember, AlarmResponse, AlarmType, AuthDisableResponse,
+    AuthEnableResponse, AuthRoleAddResponse, AuthRoleDeleteResponse,
+    AuthRoleGrantPermissionResponse, AuthRoleRevokePermissionResponse, AuthUserAddResponse,
+    AuthUserChangePasswordResponse, AuthUserDeleteResponse, AuthUserGrantRoleResponse,
+    AuthUserRevokeRoleResponse, AuthenticateResponse, CompactionResponse, LeaseRevokeResponse,
+    MemberUpdateResponse,
 };
 use crate::proto::mvccpb::Event;
 use crate::proto::strata::internal::{
@@ -71,6 +79,7 @@ pub struct StateMachine<B: KvBackend> {
     pub mvcc: MvccStore,
     pub lessor: Lessor,
     pub members: Members,
+    pub auth: AuthStore,
     alarms: BTreeSet<(u64, i32)>,
     applied: (LogIndex, Term),
     conf_state: ConfState,
@@ -98,14 +107,20 @@ fn alarm_key(member: u64, alarm: i32) -> Vec<u8> {
 
 impl<B: KvBackend> StateMachine<B> {
     /// Opens the state machine over `backend`, rebuilding every in-memory index.
-    pub fn open(backend: B, min_lease_ttl_secs: i64) -> Result<StateMachine<B>, BackendError> {
+    pub fn open(
+        backend: B,
+        min_lease_ttl_secs: i64,
+        auth_token_ttl_ms: u64,
+    ) -> Result<StateMachine<B>, BackendError> {
         let (mvcc, lessor, members, alarms, applied, conf_state) =
             Self::open_parts(&backend, min_lease_ttl_secs)?;
+        let auth = AuthStore::open(&backend, auth_token_ttl_ms)?;
         Ok(StateMachine {
             backend,
             mvcc,
             lessor,
             members,
+            auth,
             alarms,
             applied,
             conf_state,
@@ -168,7 +183,7 @@ impl<B: KvBackend> StateMachine<B> {
         );
         match entry.get_entry_type() {
             EntryType::EntryNormal if entry.data.is_empty() => Ok(Applied::default()),
-            EntryType::EntryNormal => self.apply_normal(&entry.data, now_ms),
+            EntryType::EntryNormal => self.apply_normal(index, &entry.data, now_ms),
             EntryType::EntryConfChange => {
                 panic!("entry {index}: v1 conf changes are never proposed by Strata")
             }
@@ -196,7 +211,12 @@ impl<B: KvBackend> StateMachine<B> {
         self.conf_state = cs;
     }
 
-    fn apply_normal(&mut self, data: &[u8], now_ms: u64) -> Result<Applied, BackendError> {
+    fn apply_normal(
+        &mut self,
+        index: LogIndex,
+        data: &[u8],
+        now_ms: u64,
+    ) -> Result<Applied, BackendError> {
         let req = InternalRequest::decode(data).unwrap_or_else(|e| {
             panic!("committed entry does not decode as an InternalRequest: {e}")
         });
@@ -207,7 +227,13 @@ impl<B: KvBackend> StateMachine<B> {
         let Some(request) = req.request else {
             return Ok(Applied::default());
         };
-        let (result, events) = match self.apply_request(request, now_ms) {
+        let sender = (origin.node.0 != 0).then(|| {
+            (req.auth_revision != 0).then(|| AuthInfo {
+                username: req.username,
+                revision: req.auth_revision,
+            })
+        });
+        let (result, events) = match self.apply_request(request, index, now_ms, sender) {
             Ok((outcome, events)) => (Ok(outcome), events),
             Err(Error::Etcd(e)) => (Err(e), Vec::new()),
             Err(Error::Backend(e)) => return Err(e),
@@ -219,14 +245,23 @@ impl<B: KvBackend> StateMachine<B> {
         })
     }
 
+    /// `sender`: `None` for a command the engine proposed itself; for a client's request, who
+    /// sent it (`Some(None)`: no one authenticated).
     fn apply_request(
         &mut self,
         request: internal_request::Request,
+        index: LogIndex,
         now_ms: u64,
+        sender: Option<Option<AuthInfo>>,
     ) -> Result<(Outcome, Vec<Event>), Error> {
         use internal_request::Request as R;
         use Outcome::{Accepted, Done};
+        if let Some(ai) = &sender {
+            self.auth.check_apply(ai.as_ref(), &request, &self.lessor)?;
+        }
         let nospace = self.nospace();
+        let done = |resp: Response| Ok((Done(Box::new(resp)), Vec::new()));
+        let batch = &mut self.batch;
         match request {
             R::Put(put) => {
                 if nospace {
@@ -313,6 +348,63 @@ impl<B: KvBackend> StateMachine<B> {
             R::MemberAttributes(attrs) => {
                 self.members.set_attributes(&attrs, &mut self.batch);
                 Ok((Accepted, Vec::new()))
+            }
+            R::AuthEnable(_) => {
+                self.auth.enable(batch)?;
+                done(Response::AuthEnable(AuthEnableResponse::default()))
+            }
+            R::AuthDisable(_) => {
+                self.auth.disable(batch);
+                done(Response::AuthDisable(AuthDisableResponse::default()))
+            }
+            R::Authenticate(a) => {
+                let token = self.auth.authenticate(&a, index, now_ms)?;
+                let resp = AuthenticateResponse {
+                    header: None,
+                    token,
+                };
+                done(Response::Authenticate(resp))
+            }
+            R::AuthUserAdd(r) => {
+                self.auth.user_add(&r, batch)?;
+                done(Response::UserAdd(AuthUserAddResponse::default()))
+            }
+            R::AuthUserDelete(r) => {
+                self.auth.user_delete(&r.name, batch)?;
+                done(Response::UserDelete(AuthUserDeleteResponse::default()))
+            }
+            R::AuthUserChangePassword(r) => {
+                self.auth.user_change_password(&r, batch)?;
+                let resp = AuthUserChangePasswordResponse::default();
+                done(Response::UserChangePassword(resp))
+            }
+            R::AuthUserGrantRole(r) => {
+                self.auth.user_grant_role(&r, batch)?;
+                done(Response::UserGrantRole(AuthUserGrantRoleResponse::default()))
+            }
+            R::AuthUserRevokeRole(r) => {
+                self.auth.user_revoke_role(&r, batch)?;
+                done(Response::UserRevokeRole(
+                    AuthUserRevokeRoleResponse::default(),
+                ))
+            }
+            R::AuthRoleAdd(r) => {
+                self.auth.role_add(&r.name, batch)?;
+                done(Response::RoleAdd(AuthRoleAddResponse::default()))
+            }
+            R::AuthRoleDelete(r) => {
+                self.auth.role_delete(&r.role, batch)?;
+                done(Response::RoleDelete(AuthRoleDeleteResponse::default()))
+            }
+            R::AuthRoleGrantPermission(r) => {
+                self.auth.role_grant_permission(&r, batch)?;
+                let resp = AuthRoleGrantPermissionResponse::default();
+                done(Response::RoleGrantPermission(resp))
+            }
+            R::AuthRoleRevokePermission(r) => {
+                self.auth.role_revoke_permission(&r, batch)?;
+                let resp = AuthRoleRevokePermissionResponse::default();
+                done(Response::RoleRevokePermission(resp))
             }
         }
     }
@@ -488,6 +580,9 @@ impl<B: KvBackend> StateMachine<B> {
         );
         let (mvcc, lessor, members, alarms, applied, conf_state) =
             Self::open_parts(&self.backend, min_lease_ttl_secs)?;
+        // Tokens registered by the entries the snapshot replaces are unknown here, and some of
+        // them were ended by later entries: forget them all; their clients authenticate again.
+        self.auth = AuthStore::open(&self.backend, self.auth.token_ttl_ms())?;
         self.mvcc = mvcc;
         self.lessor = lessor;
         self.members = members;

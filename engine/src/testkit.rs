@@ -359,9 +359,19 @@ impl Cluster {
     }
 
     pub fn submit(&mut self, id: NodeId, request: Request) -> RequestId {
+        self.submit_as(id, request, None)
+    }
+
+    /// Submits a request carrying an auth token.
+    pub fn submit_as(&mut self, id: NodeId, request: Request, token: Option<String>) -> RequestId {
         let rid = RequestId(self.next_request);
         self.next_request += 1;
-        self.step(id, Input::Request { id: rid, request });
+        let input = Input::Request {
+            id: rid,
+            request,
+            token,
+        };
+        self.step(id, input);
         rid
     }
 
@@ -373,7 +383,11 @@ impl Cluster {
             let rid = RequestId(self.next_request);
             self.next_request += 1;
             ids.push(rid);
-            inputs.push(Input::Request { id: rid, request });
+            inputs.push(Input::Request {
+                id: rid,
+                request,
+                token: None,
+            });
         }
         self.step_batch(id, inputs);
         ids
@@ -404,7 +418,17 @@ impl Cluster {
 
     /// Submits, stabilizes (ticking a little if needed) and returns the answer.
     pub fn call(&mut self, id: NodeId, request: Request) -> Result<Response, EtcdError> {
-        let rid = self.submit(id, request);
+        self.call_as(id, request, None)
+    }
+
+    /// `call` with an auth token.
+    pub fn call_as(
+        &mut self,
+        id: NodeId,
+        request: Request,
+        token: Option<String>,
+    ) -> Result<Response, EtcdError> {
+        let rid = self.submit_as(id, request, token);
         for _ in 0..200 {
             self.stabilize();
             if let Some(a) = self.answer(rid) {
@@ -421,7 +445,23 @@ impl Cluster {
         stream: StreamId,
         request: crate::proto::etcdserverpb::WatchCreateRequest,
     ) {
-        self.step(id, Input::WatchCreate { stream, request });
+        self.watch_as(id, stream, request, None);
+    }
+
+    /// `watch` on a stream carrying an auth token.
+    pub fn watch_as(
+        &mut self,
+        id: NodeId,
+        stream: StreamId,
+        request: crate::proto::etcdserverpb::WatchCreateRequest,
+        token: Option<String>,
+    ) {
+        let input = Input::WatchCreate {
+            stream,
+            request,
+            token,
+        };
+        self.step(id, input);
     }
 
     /// Cuts the link from `a` to `b` (one way).

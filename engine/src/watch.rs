@@ -337,7 +337,8 @@ fn revision_of(event: &Event) -> Revision {
     Revision(kv_of(event).mod_revision)
 }
 
-fn created_and_canceled(stream: StreamId, reason: &str) -> WatchOutput {
+/// A failed create: watch id -1, created and canceled at once, with etcd's reason.
+pub fn created_and_canceled(stream: StreamId, reason: &str) -> WatchOutput {
     WatchOutput {
         stream,
         response: WatchResponse {

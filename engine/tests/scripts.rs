@@ -5,7 +5,7 @@
 //!
 //! Commands (arguments `key=value` unless noted; `<n>` is a node number):
 //!   cluster voters=3 [seed=1] [snapshot-count=N] [catch-up=N] [checkpoint-ms=N]
-//!       [quota=BYTES] [progress-notify-ms=N]
+//!       [quota=BYTES] [progress-notify-ms=N] [token-ttl=SECS]
 //!   campaign <n> | tick [count=1] | stabilize | status | elect
 //!   put <n> <key> [<value>] [lease=ID] [prev-kv] [ignore-value] [ignore-lease]
 //!   put <n> <key> size=N   (the value is N bytes of `x`)
@@ -35,7 +35,21 @@
 //!       Watch responses print as `stream S watch W [created] [canceled] [reason=".."]
 //!       [compact-rev=C] rev=H` (H: the header revision), a progress notification as
 //!       `stream S watch W progress rev=H`, then one line per event.
-//!   submit <n> put <key> <value>  (no waiting; prints the request id) | answers
+//!   submit <n> <command> <args>...  (any client command, sent without waiting; prints the
+//!       request id) | answers
+//!   Auth (the runner plays the server: it "hashes" a password as `bcrypt:<password>`, sends
+//!   etcd's base64 of that, and checks passwords against `Node::password_check`):
+//!   auth-enable <n> | auth-disable <n> | auth-status <n>
+//!   user-add <n> <name> [<password>|no-password] | user-delete <n> <name>
+//!   user-passwd <n> <name> <password> | user-get <n> <name> | user-list <n>
+//!   user-grant <n> <user> <role> | user-revoke <n> <user> <role>
+//!   role-add <n> <name> | role-delete <n> <name> | role-get <n> <name> | role-list <n>
+//!   role-grant <n> <role> read|write|readwrite <key> [end=K|prefix|from]
+//!   role-revoke <n> <role> <key> [end=K|prefix|from]
+//!   authenticate <n> <user> <password>  (prints the token and remembers it for the user)
+//!   Any client command, `submit` and `watch` take `as=<user>` (send the user's last token)
+//!   or `token=<text>` (send that text). Permissions print as `TYPE key` for one key,
+//!   `TYPE key..end` for a range (`..\0`: to the end of the keyspace).
 //!   partition <n>... | cut <a> <b> | heal | crash <n> | restart <n>
 //!   persist <n> | deliver <from> <to> | drop <from> <to> | log <n>
 //!   advance-ms <ms>   (moves the clock without ticking)
@@ -45,8 +59,10 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 
+use strata_engine::proto::authpb::{permission, Permission, UserAddOptions};
 use strata_engine::proto::etcdserverpb::{self as pb, compare, range_request, request_op};
 use strata_engine::proto::mvccpb::{event::EventType, KeyValue};
+use strata_engine::proto::strata::internal::InternalAuthenticateRequest;
 use strata_engine::request::{Request, Response};
 use strata_engine::testkit::Cluster;
 use strata_engine::{EtcdError, NodeId, StreamId};
@@ -54,6 +70,8 @@ use strata_engine::{EtcdError, NodeId, StreamId};
 struct Runner {
     cluster: Option<Cluster>,
     last_member: u64,
+    /// Each user's last token, for `as=<user>`.
+    tokens: BTreeMap<String, String>,
 }
 
 struct Cmd {
@@ -270,6 +288,72 @@ fn fmt_response(resp: &Response) -> String {
         )
         .expect("string"),
         Response::MoveLeader(_) => s.push_str("moved"),
+        Response::AuthEnable(_) => s.push_str("auth enabled"),
+        Response::AuthDisable(_) => s.push_str("auth disabled"),
+        Response::AuthStatus(r) => {
+            write!(s, "enabled={} auth-revision={}", r.enabled, r.auth_revision).expect("string")
+        }
+        Response::Authenticate(r) => write!(s, "token={}", r.token).expect("string"),
+        Response::UserAdd(_)
+        | Response::UserDelete(_)
+        | Response::UserChangePassword(_)
+        | Response::UserGrantRole(_)
+        | Response::UserRevokeRole(_)
+        | Response::RoleAdd(_)
+        | Response::RoleDelete(_)
+        | Response::RoleGrantPermission(_)
+        | Response::RoleRevokePermission(_) => s.push_str("ok"),
+        Response::UserGet(r) => write!(s, "roles=[{}]", r.roles.join(" ")).expect("string"),
+        Response::UserList(r) => write!(s, "users=[{}]", r.users.join(" ")).expect("string"),
+        Response::RoleList(r) => write!(s, "roles=[{}]", r.roles.join(" ")).expect("string"),
+        Response::RoleGet(r) => {
+            let perms: Vec<String> = r.perm.iter().map(fmt_perm).collect();
+            if perms.is_empty() {
+                s.push_str("no permissions");
+            } else {
+                s.push_str(&perms.join("\n"));
+            }
+        }
+    }
+    s
+}
+
+fn fmt_perm(p: &Permission) -> String {
+    let kind = permission::Type::try_from(p.perm_type)
+        .map_or_else(|_| p.perm_type.to_string(), |t| t.as_str_name().to_string());
+    let key = if p.key.is_empty() {
+        "\"\"".to_string()
+    } else {
+        show(&p.key)
+    };
+    if p.range_end.is_empty() {
+        format!("{kind} {key}")
+    } else {
+        format!("{kind} {key}..{}", show(&p.range_end))
+    }
+}
+
+/// The runner's stand-in for bcrypt (the engine never looks inside a hash).
+fn fake_bcrypt(password: &str) -> Vec<u8> {
+    format!("bcrypt:{password}").into_bytes()
+}
+
+/// Base64 (standard, padded), as etcd's server encodes a hash for `hashed_password`.
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut s = String::new();
+    for chunk in bytes.chunks(3) {
+        let mut n = 0u32;
+        for (i, b) in chunk.iter().enumerate() {
+            n |= (*b as u32) << (16 - 8 * i);
+        }
+        for i in 0..4 {
+            if i <= chunk.len() {
+                s.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                s.push('=');
+            }
+        }
     }
     s
 }
@@ -483,6 +567,7 @@ impl Runner {
                     checkpoint_ms: cmd.num("checkpoint-ms", 0) as u64,
                     quota_bytes: cmd.num("quota", 0) as u64,
                     progress_notify_ms: cmd.num("progress-notify-ms", 0) as u64,
+                    token_ttl_secs: cmd.num("token-ttl", 0) as u64,
                 };
                 CONFIG.with(|c| c.set(settings));
                 self.cluster = Some(Cluster::with_config(voters, seed, configure));
@@ -608,15 +693,19 @@ impl Runner {
             }
             "submit" => {
                 let n = cmd.node(0);
-                assert_eq!(cmd.pos[1], "put", "submit supports put");
-                let req = Request::Put(pb::PutRequest {
-                    key: cmd.pos[2].as_bytes().to_vec(),
-                    value: cmd.pos[3].as_bytes().to_vec(),
-                    ..Default::default()
-                });
-                let id = self.c().submit(n, req);
+                let mut pos = vec![cmd.pos[0].clone()];
+                pos.extend_from_slice(&cmd.pos[2..]);
+                let inner = Cmd {
+                    name: cmd.pos[1].clone(),
+                    pos,
+                    kv: cmd.kv.clone(),
+                };
+                let req = self.request(&inner);
+                let token = self.token(&cmd);
+                let id = self.c().submit_as(n, req, token);
                 format!("request {id}")
             }
+            "authenticate" => self.authenticate(&cmd),
             "answers" => {
                 let answers = std::mem::take(&mut self.c().answers);
                 let lines: Vec<String> = answers
@@ -655,7 +744,8 @@ impl Runner {
                     watch_id: cmd.num("id", 0),
                     fragment: false,
                 };
-                self.c().watch(n, stream, req);
+                let token = self.token(&cmd);
+                self.c().watch_as(n, stream, req, token);
                 self.c().stabilize();
                 self.events(n)
             }
@@ -744,10 +834,64 @@ impl Runner {
         }
     }
 
+    /// The token `as=<user>` or `token=<text>` names, if any.
+    fn token(&self, cmd: &Cmd) -> Option<String> {
+        if let Some(user) = cmd.kv.get("as") {
+            let token = self.tokens.get(user);
+            return Some(
+                token
+                    .unwrap_or_else(|| panic!("{user} never authenticated"))
+                    .clone(),
+            );
+        }
+        cmd.kv.get("token").cloned()
+    }
+
+    /// What etcd's server does for `Authenticate`: check the password against the stored
+    /// hash, propose, and start over if the auth store moved in between.
+    fn authenticate(&mut self, cmd: &Cmd) -> String {
+        let n = cmd.node(0);
+        let (user, password) = (cmd.pos[1].clone(), cmd.pos[2].clone());
+        for _ in 0..3 {
+            let check = match self.c().node(n).password_check(&user) {
+                Ok(check) => check,
+                Err(e) => return fmt_error(&e),
+            };
+            if check.hash != fake_bcrypt(&password) {
+                return fmt_error(&EtcdError::AuthFailed);
+            }
+            let req = Request::Authenticate(InternalAuthenticateRequest {
+                name: user.clone(),
+                simple_token: user.clone(),
+                auth_revision: check.auth_revision,
+            });
+            match self.c().call(n, req) {
+                Err(EtcdError::AuthOldRevision) => continue,
+                Ok(Response::Authenticate(r)) => {
+                    self.tokens.insert(user, r.token.clone());
+                    return format!("token={}", r.token);
+                }
+                other => return fmt_result(&other),
+            }
+        }
+        panic!("authenticate {user}: the auth store kept moving")
+    }
+
     fn client_call(&mut self, cmd: &Cmd) -> String {
         let n = cmd.node(0);
+        let request = self.request(cmd);
+        let token = self.token(cmd);
+        let result = self.c().call_as(n, request, token);
+        if let Ok(Response::MemberAdd(r)) = &result {
+            self.last_member = r.member.as_ref().map_or(0, |m| m.id);
+        }
+        fmt_result(&result)
+    }
+
+    /// The request a client command sends.
+    fn request(&self, cmd: &Cmd) -> Request {
         let arg = |i: usize| cmd.pos.get(i).cloned().unwrap_or_default();
-        let request = match cmd.name.as_str() {
+        match cmd.name.as_str() {
             "put" => Request::Put(pb::PutRequest {
                 key: key_bytes(&arg(1)),
                 value: match cmd.kv.get("size") {
@@ -856,13 +1000,69 @@ impl Runner {
             "transfer-leader" => Request::MoveLeader(pb::MoveLeaderRequest {
                 target_id: arg(1).parse().expect("target"),
             }),
+            "auth-enable" => Request::AuthEnable(pb::AuthEnableRequest {}),
+            "auth-disable" => Request::AuthDisable(pb::AuthDisableRequest {}),
+            "auth-status" => Request::AuthStatus(pb::AuthStatusRequest {}),
+            "user-add" => {
+                let no_password = cmd.flag("no-password");
+                Request::UserAdd(pb::AuthUserAddRequest {
+                    name: arg(1),
+                    password: String::new(),
+                    options: Some(UserAddOptions { no_password }),
+                    hashed_password: if no_password {
+                        String::new()
+                    } else {
+                        base64(&fake_bcrypt(&arg(2)))
+                    },
+                })
+            }
+            "user-delete" => Request::UserDelete(pb::AuthUserDeleteRequest { name: arg(1) }),
+            "user-passwd" => Request::UserChangePassword(pb::AuthUserChangePasswordRequest {
+                name: arg(1),
+                password: String::new(),
+                hashed_password: base64(&fake_bcrypt(&arg(2))),
+            }),
+            "user-get" => Request::UserGet(pb::AuthUserGetRequest { name: arg(1) }),
+            "user-list" => Request::UserList(pb::AuthUserListRequest {}),
+            "user-grant" => Request::UserGrantRole(pb::AuthUserGrantRoleRequest {
+                user: arg(1),
+                role: arg(2),
+            }),
+            "user-revoke" => Request::UserRevokeRole(pb::AuthUserRevokeRoleRequest {
+                name: arg(1),
+                role: arg(2),
+            }),
+            "role-add" => Request::RoleAdd(pb::AuthRoleAddRequest { name: arg(1) }),
+            "role-delete" => Request::RoleDelete(pb::AuthRoleDeleteRequest { role: arg(1) }),
+            "role-get" => Request::RoleGet(pb::AuthRoleGetRequest { role: arg(1) }),
+            "role-list" => Request::RoleList(pb::AuthRoleListRequest {}),
+            "role-grant" => {
+                let perm_type = match arg(2).as_str() {
+                    "read" => permission::Type::Read,
+                    "write" => permission::Type::Write,
+                    "readwrite" => permission::Type::Readwrite,
+                    other => panic!("permission type {other}"),
+                };
+                let key = key_bytes(&arg(3));
+                Request::RoleGrantPermission(pb::AuthRoleGrantPermissionRequest {
+                    name: arg(1),
+                    perm: Some(Permission {
+                        perm_type: perm_type as i32,
+                        range_end: range_end(&key, cmd.kv.get("end"), cmd),
+                        key,
+                    }),
+                })
+            }
+            "role-revoke" => {
+                let key = key_bytes(&arg(2));
+                Request::RoleRevokePermission(pb::AuthRoleRevokePermissionRequest {
+                    role: arg(1),
+                    range_end: range_end(&key, cmd.kv.get("end"), cmd),
+                    key,
+                })
+            }
             other => panic!("unknown command {other}"),
-        };
-        let result = self.c().call(n, request);
-        if let Ok(Response::MemberAdd(r)) = &result {
-            self.last_member = r.member.as_ref().map_or(0, |m| m.id);
         }
-        fmt_result(&result)
     }
 }
 
@@ -874,6 +1074,7 @@ struct Settings {
     checkpoint_ms: u64,
     quota_bytes: u64,
     progress_notify_ms: u64,
+    token_ttl_secs: u64,
 }
 
 thread_local! {
@@ -884,6 +1085,7 @@ thread_local! {
             checkpoint_ms: 0,
             quota_bytes: 0,
             progress_notify_ms: 0,
+            token_ttl_secs: 0,
         })
     };
 }
@@ -906,6 +1108,9 @@ fn configure(config: &mut strata_engine::node::Config) {
     if s.progress_notify_ms > 0 {
         limits.progress_notify_interval_ms = s.progress_notify_ms;
     }
+    if s.token_ttl_secs > 0 {
+        config.auth_token_ttl_secs = s.token_ttl_secs;
+    }
 }
 
 /// Runs one script; returns the text with outputs as the engine produced them.
@@ -913,6 +1118,7 @@ fn run_script(text: &str) -> String {
     let mut runner = Runner {
         cluster: None,
         last_member: 0,
+        tokens: BTreeMap::new(),
     };
     let mut out = String::new();
     let mut lines = text.lines().peekable();
