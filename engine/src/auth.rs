@@ -506,10 +506,7 @@ impl AuthStore {
         if self.users.contains_key(&r.name) {
             return Err(EtcdError::UserAlreadyExist);
         }
-        let options = r
-            .options
-            .clone()
-            .unwrap_or(UserAddOptions { no_password: false });
+        let options = r.options.unwrap_or(UserAddOptions { no_password: false });
         let password = if options.no_password {
             Vec::new()
         } else {

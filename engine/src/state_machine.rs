@@ -227,12 +227,11 @@ impl<B: KvBackend> StateMachine<B> {
         let Some(request) = req.request else {
             return Ok(Applied::default());
         };
-        let sender = (origin.node.0 != 0).then(|| {
-            (req.auth_revision != 0).then(|| AuthInfo {
-                username: req.username,
-                revision: req.auth_revision,
-            })
+        let authenticated = (req.auth_revision != 0).then_some(AuthInfo {
+            username: req.username,
+            revision: req.auth_revision,
         });
+        let sender = (origin.node.0 != 0).then_some(authenticated);
         let (result, events) = match self.apply_request(request, index, now_ms, sender) {
             Ok((outcome, events)) => (Ok(outcome), events),
             Err(Error::Etcd(e)) => (Err(e), Vec::new()),

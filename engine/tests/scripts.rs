@@ -36,7 +36,7 @@
 //!       [compact-rev=C] rev=H` (H: the header revision), a progress notification as
 //!       `stream S watch W progress rev=H`, then one line per event.
 //!   submit <n> <command> <args>...  (any client command, sent without waiting; prints the
-//!       request id) | answers
+//!       request id) | answers  (the answers to submitted requests that arrived since)
 //!   Auth (the runner plays the server: it "hashes" a password as `bcrypt:<password>`, sends
 //!   etcd's base64 of that, and checks passwords against `Node::password_check`):
 //!   auth-enable <n> | auth-disable <n> | auth-status <n>
@@ -47,7 +47,8 @@
 //!   role-grant <n> <role> read|write|readwrite <key> [end=K|prefix|from]
 //!   role-revoke <n> <role> <key> [end=K|prefix|from]
 //!   authenticate <n> <user> <password>  (prints the token and remembers it for the user)
-//!   Any client command, `submit` and `watch` take `as=<user>` (send the user's last token)
+//!   Any client command, `submit`, `watch` and `check-hashes` take `as=<user>` (send the
+//!   user's last token)
 //!   or `token=<text>` (send that text). Permissions print as `TYPE key` for one key,
 //!   `TYPE key..end` for a range (`..\0`: to the end of the keyspace).
 //!   partition <n>... | cut <a> <b> | heal | crash <n> | restart <n>
@@ -55,7 +56,7 @@
 //!   advance-ms <ms>   (moves the clock without ticking)
 //!   tick-until-leader  | check-hashes  (HashKV equal on every live node)
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::path::Path;
 
@@ -65,13 +66,15 @@ use strata_engine::proto::mvccpb::{event::EventType, KeyValue};
 use strata_engine::proto::strata::internal::InternalAuthenticateRequest;
 use strata_engine::request::{Request, Response};
 use strata_engine::testkit::Cluster;
-use strata_engine::{EtcdError, NodeId, StreamId};
+use strata_engine::{EtcdError, NodeId, RequestId, StreamId};
 
 struct Runner {
     cluster: Option<Cluster>,
     last_member: u64,
     /// Each user's last token, for `as=<user>`.
     tokens: BTreeMap<String, String>,
+    /// Requests sent by `submit`, whose answers `answers` prints.
+    submitted: BTreeSet<RequestId>,
 }
 
 struct Cmd {
@@ -703,6 +706,7 @@ impl Runner {
                 let req = self.request(&inner);
                 let token = self.token(&cmd);
                 let id = self.c().submit_as(n, req, token);
+                self.submitted.insert(id);
                 format!("request {id}")
             }
             "authenticate" => self.authenticate(&cmd),
@@ -710,6 +714,7 @@ impl Runner {
                 let answers = std::mem::take(&mut self.c().answers);
                 let lines: Vec<String> = answers
                     .iter()
+                    .filter(|a| self.submitted.contains(&a.id))
                     .map(|a| format!("n{} request {}: {}", a.node, a.id, fmt_result(&a.result)))
                     .collect();
                 if lines.is_empty() {
@@ -774,8 +779,11 @@ impl Runner {
                 let c = self.c();
                 let ids: Vec<NodeId> = c.ids().into_iter().filter(|id| c.is_up(*id)).collect();
                 let mut lines = Vec::new();
+                let token = self.token(&cmd);
+                let c = self.c();
                 for id in ids {
-                    let r = c.call(id, Request::HashKv(pb::HashKvRequest { revision: 0 }));
+                    let req = Request::HashKv(pb::HashKvRequest { revision: 0 });
+                    let r = c.call_as(id, req, token.clone());
                     lines.push(format!("n{id}: {}", fmt_result(&r)));
                 }
                 lines.join("\n")
@@ -1119,6 +1127,7 @@ fn run_script(text: &str) -> String {
         cluster: None,
         last_member: 0,
         tokens: BTreeMap::new(),
+        submitted: BTreeSet::new(),
     };
     let mut out = String::new();
     let mut lines = text.lines().peekable();
