@@ -16,9 +16,10 @@
 //!
 //! Time: `Input::Tick` advances raft by one tick; `now_ms` (a monotonic millisecond clock the
 //! driver owns) is passed with every step and is only used for lease expiry, which the leader
-//! alone decides, and for the TTL of auth tokens, which only this member's answers depend on. Randomness: raft-rs draws election timeouts from `thread_rng`; the node
-//! overrides every draw from its own seeded PRNG after each change of term or role, so the same
-//! seed and inputs give the same outputs.
+//! alone decides, and for the TTL of auth tokens, which only this member's answers depend on.
+//! Randomness: raft-rs draws election timeouts from `thread_rng`; the node overrides every
+//! draw from its own seeded PRNG after each change of term or role, so the same seed and
+//! inputs give the same outputs.
 //!
 //! Auth (etcd's, see `auth.rs`): requests carry the client's token, if any (the gRPC `token`
 //! metadata). While auth is enabled the node resolves it to a user when the request arrives: a
@@ -58,8 +59,7 @@ use crate::raft_log::LogStore;
 use crate::request::{txn_is_read_only, Request, Response};
 use crate::state_machine::{Applied, Outcome, StateMachine};
 use crate::types::{LeaseId, LogIndex, NodeId, RequestId, Revision, StreamId, Term, WatchId};
-use crate::watch::created_and_canceled;
-use crate::watch::{History, WatchHub, WatchOutput};
+use crate::watch::{created_and_canceled, History, WatchHub, WatchOutput};
 
 /// The etcd API version Strata implements, reported by `Status`.
 pub const ETCD_VERSION: &str = "3.6.0";
@@ -592,7 +592,12 @@ impl<B: KvBackend> Node<B> {
                     self.emit_watch(vec![out]);
                 }
             }
-            Input::WatchStreamClosed { stream } => self.watch.close_stream(stream),
+            Input::WatchStreamClosed { stream } => {
+                self.watch.close_stream(stream);
+                self.awaiting_token.retain(
+                    |a| !matches!(a.input, Input::WatchCreate { stream: s, .. } if s == stream),
+                );
+            }
             Input::Unreachable(id) => self.raw.report_unreachable(id.0),
             Input::SnapshotSent { to, ok } => {
                 let status = if ok {
