@@ -99,6 +99,38 @@ fn read_u64(backend: &dyn KvBackend, key: &[u8]) -> Result<u64, BackendError> {
     }
 }
 
+/// The records of a snapshot (`snapshot_data`) to seed a brand-new cluster with, as etcd's
+/// `snapshot restore` does: the keyspace, its revisions and compaction mark, leases and auth
+/// are kept; the old cluster's members, removed ids, alarms, applied index and conf state are
+/// dropped, so the new cluster's bootstrap conf changes apply on top from index 1.
+pub fn records_for_new_cluster(data: &[u8]) -> Result<Vec<crate::backend::BatchOp>, BackendError> {
+    let snap = SnapshotData::decode(data).map_err(|e| BackendError {
+        op: "decode snapshot",
+        reason: e.to_string(),
+    })?;
+    let mut ops = Vec::with_capacity(snap.records.len());
+    for r in snap.records {
+        let bucket = Bucket::from_tag(r.bucket as u8).ok_or_else(|| BackendError {
+            op: "decode snapshot",
+            reason: format!("unknown bucket {}", r.bucket),
+        })?;
+        let dropped = matches!(
+            bucket,
+            Bucket::Members | Bucket::MembersRemoved | Bucket::Alarm
+        ) || (bucket == Bucket::Meta
+            && [META_APPLIED_INDEX, META_APPLIED_TERM, META_CONF_STATE]
+                .contains(&r.key.as_slice()));
+        if !dropped {
+            ops.push(crate::backend::BatchOp {
+                bucket,
+                key: r.key,
+                value: Some(r.value),
+            });
+        }
+    }
+    Ok(ops)
+}
+
 fn alarm_key(member: u64, alarm: i32) -> Vec<u8> {
     let mut k = member.to_be_bytes().to_vec();
     k.extend_from_slice(&alarm.to_be_bytes());

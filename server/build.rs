@@ -1,0 +1,31 @@
+//! Generates the gRPC service stubs (server and client) for etcd's v3 API from the project's own
+//! `.proto` files. The messages themselves come from `strata-engine` (`extern_path`), so the
+//! engine and the services share one set of types.
+
+fn main() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../proto");
+    let files = [
+        "etcdserverpb/rpc.proto",
+        "v3lockpb/v3lock.proto",
+        "v3electionpb/v3election.proto",
+    ];
+    let paths: Vec<_> = files.iter().map(|f| root.join(f)).collect();
+    let mut builder = tonic_build::configure()
+        .build_client(true)
+        .build_server(true);
+    for package in [
+        "mvccpb",
+        "authpb",
+        "etcdserverpb",
+        "v3lockpb",
+        "v3electionpb",
+    ] {
+        builder = builder.extern_path(
+            format!(".{package}"),
+            format!("::strata_engine::proto::{package}"),
+        );
+    }
+    builder
+        .compile_protos(&paths, &[root])
+        .expect("compile .proto files (is protoc installed? run ci/setup.sh)");
+}

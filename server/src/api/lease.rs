@@ -1,0 +1,168 @@
+//! The Lease service. Grant, revoke and list go through the engine on any member; keep-alive
+//! and time-to-live are answered by the leader (it alone knows the remaining TTL), so a
+//! follower forwards them, as etcd's `LeaseServer` does. etcd's quirks are kept: a keep-alive
+//! for an unknown lease answers `TTL: 0`, and `TimeToLive` of an unknown lease answers
+//! `TTL: -1`, both without an error.
+
+use std::pin::Pin;
+
+use futures::Stream;
+use strata_engine::proto::etcdserverpb::*;
+use strata_engine::request::{Request, Response};
+use strata_engine::EtcdError;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamExt;
+use tonic::metadata::MetadataMap;
+use tonic::{Request as Req, Response as Resp, Status, Streaming};
+
+use super::pb::etcdserverpb::lease_client::LeaseClient;
+use super::pb::etcdserverpb::lease_server::Lease;
+use super::{forwarded, status, Ctx};
+use crate::expect_response;
+
+#[derive(Clone, Debug)]
+pub struct LeaseService(pub Ctx);
+
+type KeepAliveStream = Pin<Box<dyn Stream<Item = Result<LeaseKeepAliveResponse, Status>> + Send>>;
+
+impl LeaseService {
+    async fn keep_alive_once(
+        &self,
+        req: LeaseKeepAliveRequest,
+        md: &MetadataMap,
+    ) -> Result<LeaseKeepAliveResponse, Status> {
+        let id = req.id;
+        match self
+            .0
+            .handle
+            .call(Request::LeaseKeepAlive(req.clone()), super::token(md))
+            .await
+        {
+            Ok(Response::LeaseKeepAlive(r)) => Ok(r),
+            Ok(other) => Err(Status::internal(format!(
+                "engine answered keep-alive with {other:?}"
+            ))),
+            Err(EtcdError::LeaseNotFound) => Ok(LeaseKeepAliveResponse {
+                header: Some(self.header()),
+                id,
+                ttl: 0,
+            }),
+            Err(EtcdError::NotLeader) => {
+                let ch = self.0.leader_channel(md)?;
+                let mut client = LeaseClient::new(ch);
+                let once = tokio_stream::once(req);
+                let mut answers = client
+                    .lease_keep_alive(forwarded(once, md))
+                    .await?
+                    .into_inner();
+                match answers.next().await {
+                    Some(r) => r,
+                    None => Err(status(EtcdError::LeaderChanged)),
+                }
+            }
+            Err(e) => Err(status(e)),
+        }
+    }
+
+    fn header(&self) -> ResponseHeader {
+        let shared = &self.0.handle.shared;
+        let view = shared.view();
+        ResponseHeader {
+            cluster_id: shared.cluster_id,
+            member_id: shared.id.0,
+            revision: view.revision,
+            raft_term: view.term.0,
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Lease for LeaseService {
+    type LeaseKeepAliveStream = KeepAliveStream;
+
+    async fn lease_grant(
+        &self,
+        req: Req<LeaseGrantRequest>,
+    ) -> Result<Resp<LeaseGrantResponse>, Status> {
+        let (md, _, msg) = req.into_parts();
+        expect_response!(
+            self.0.call(Request::LeaseGrant(msg), &md).await?,
+            LeaseGrant
+        )
+    }
+
+    async fn lease_revoke(
+        &self,
+        req: Req<LeaseRevokeRequest>,
+    ) -> Result<Resp<LeaseRevokeResponse>, Status> {
+        let (md, _, msg) = req.into_parts();
+        expect_response!(
+            self.0.call(Request::LeaseRevoke(msg), &md).await?,
+            LeaseRevoke
+        )
+    }
+
+    async fn lease_keep_alive(
+        &self,
+        req: Req<Streaming<LeaseKeepAliveRequest>>,
+    ) -> Result<Resp<KeepAliveStream>, Status> {
+        let (md, _, mut inbound) = req.into_parts();
+        let (tx, rx) = mpsc::channel(16);
+        let this = self.clone();
+        tokio::spawn(async move {
+            while let Some(msg) = inbound.next().await {
+                let answer = match msg {
+                    Ok(req) => this.keep_alive_once(req, &md).await,
+                    Err(_) => break,
+                };
+                let failed = answer.is_err();
+                if tx.send(answer).await.is_err() || failed {
+                    break;
+                }
+            }
+        });
+        Ok(Resp::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn lease_time_to_live(
+        &self,
+        req: Req<LeaseTimeToLiveRequest>,
+    ) -> Result<Resp<LeaseTimeToLiveResponse>, Status> {
+        let (md, _, msg) = req.into_parts();
+        let id = msg.id;
+        match self
+            .0
+            .handle
+            .call(Request::LeaseTimeToLive(msg.clone()), super::token(&md))
+            .await
+        {
+            Ok(resp) => expect_response!(resp, LeaseTimeToLive),
+            Err(EtcdError::LeaseNotFound) => Ok(Resp::new(LeaseTimeToLiveResponse {
+                header: Some(self.header()),
+                id,
+                ttl: -1,
+                granted_ttl: 0,
+                keys: vec![],
+            })),
+            Err(EtcdError::NotLeader) => {
+                let ch = self.0.leader_channel(&md)?;
+                LeaseClient::new(ch)
+                    .lease_time_to_live(forwarded(msg, &md))
+                    .await
+            }
+            Err(e) => Err(status(e)),
+        }
+    }
+
+    async fn lease_leases(
+        &self,
+        req: Req<LeaseLeasesRequest>,
+    ) -> Result<Resp<LeaseLeasesResponse>, Status> {
+        let (md, _, msg) = req.into_parts();
+        expect_response!(
+            self.0.call(Request::LeaseLeases(msg), &md).await?,
+            LeaseLeases
+        )
+    }
+}

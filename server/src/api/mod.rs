@@ -1,0 +1,124 @@
+//! etcd's v3 gRPC services over the driver. Every handler turns its request into an engine
+//! [`Request`], runs it through [`Handle::call`] and maps errors to etcd's gRPC status code and
+//! text (clients match on both). Requests the engine answers only on the leader (`LeaseKeepAlive`,
+//! `LeaseTimeToLive`, `MemberPromote`, `MoveLeader`) are forwarded to the leader's client URL
+//! once, so a follower gives the same answer the leader would.
+
+pub mod cluster;
+pub mod kv;
+pub mod lease;
+pub mod maintenance;
+pub mod watch;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use strata_engine::request::{Request, Response};
+use strata_engine::{EtcdError, GrpcCode};
+use tonic::metadata::MetadataMap;
+use tonic::transport::Channel;
+use tonic::Status;
+
+use crate::driver::Handle;
+
+/// The generated service stubs (messages come from `strata-engine`).
+#[allow(clippy::all, missing_docs)]
+pub mod pb {
+    pub mod etcdserverpb {
+        tonic::include_proto!("etcdserverpb");
+    }
+    pub mod v3lockpb {
+        tonic::include_proto!("v3lockpb");
+    }
+    pub mod v3electionpb {
+        tonic::include_proto!("v3electionpb");
+    }
+}
+
+/// Metadata key a forwarded request carries, so it is never forwarded twice.
+const FORWARDED: &str = "strata-forwarded";
+
+/// etcd's status for an engine error.
+pub fn status(e: EtcdError) -> Status {
+    Status::new(code(e.code()), e.to_string())
+}
+
+fn code(c: GrpcCode) -> tonic::Code {
+    tonic::Code::from_i32(c as i32)
+}
+
+/// The auth token a client sent (`token` metadata, as etcd's clients send it).
+pub fn token(md: &MetadataMap) -> Option<String> {
+    md.get("token")
+        .or_else(|| md.get("authorization"))
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+}
+
+/// What every service shares: the driver handle and channels to the current leader.
+#[derive(Clone, Debug)]
+pub struct Ctx {
+    pub handle: Handle,
+    channels: Arc<Mutex<HashMap<String, Channel>>>,
+}
+
+impl Ctx {
+    pub fn new(handle: Handle) -> Ctx {
+        Ctx {
+            handle,
+            channels: Arc::default(),
+        }
+    }
+
+    pub async fn call(&self, request: Request, md: &MetadataMap) -> Result<Response, Status> {
+        self.handle.call(request, token(md)).await.map_err(status)
+    }
+
+    /// A channel to the leader's client URL, for a request only the leader answers. Refuses
+    /// a request that was itself forwarded (leadership moved while it travelled).
+    pub fn leader_channel(&self, md: &MetadataMap) -> Result<Channel, Status> {
+        if md.get(FORWARDED).is_some() {
+            return Err(status(EtcdError::NotLeader));
+        }
+        let shared = &self.handle.shared;
+        let leader = shared.leader().ok_or_else(|| status(EtcdError::NoLeader))?;
+        let url = shared
+            .member(leader)
+            .and_then(|m| m.client_urls.first().cloned())
+            .ok_or_else(|| status(EtcdError::NoLeader))?;
+        let mut channels = self.channels.lock().expect("channels lock");
+        if let Some(ch) = channels.get(&url) {
+            return Ok(ch.clone());
+        }
+        let endpoint = Channel::from_shared(url.clone())
+            .map_err(|e| Status::unavailable(format!("leader URL {url}: {e}")))?;
+        let ch = endpoint.connect_lazy();
+        channels.insert(url, ch.clone());
+        Ok(ch)
+    }
+}
+
+/// Wraps a message for forwarding: the caller's token travels with it, marked forwarded.
+pub fn forwarded<T>(msg: T, md: &MetadataMap) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(msg);
+    if let Some(t) = md.get("token") {
+        req.metadata_mut().insert("token", t.clone());
+    }
+    req.metadata_mut()
+        .insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
+    req
+}
+
+/// Extracts the expected response variant (the engine answers each request with its own kind).
+#[macro_export]
+macro_rules! expect_response {
+    ($resp:expr, $variant:ident) => {
+        match $resp {
+            strata_engine::request::Response::$variant(r) => Ok(tonic::Response::new(r)),
+            other => Err(tonic::Status::internal(format!(
+                "engine answered {} with {other:?}",
+                stringify!($variant)
+            ))),
+        }
+    };
+}

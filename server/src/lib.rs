@@ -1,0 +1,17 @@
+//! The Strata node: the driver that runs the engine ([`driver`]), storage ([`storage`]), the
+//! peer transport ([`transport`]), etcd's gRPC services ([`api`]), the client port with the
+//! HTTP/JSON endpoints ([`http`]), the command line ([`config`]) and member start-up
+//! ([`server`]).
+
+pub mod api;
+pub mod config;
+pub mod driver;
+#[cfg(not(madsim))]
+pub mod http;
+pub mod metrics;
+#[cfg(not(madsim))]
+pub mod restore;
+#[cfg(not(madsim))]
+pub mod server;
+pub mod storage;
+pub mod transport;

@@ -1,0 +1,125 @@
+//! `strata snapshot restore`: builds a new member's data dir from a snapshot file written by
+//! `etcdctl snapshot save` (Maintenance.Snapshot), as `etcdutl snapshot restore` does for etcd.
+//! The keyspace, revisions, leases and auth come from the snapshot; the membership comes from
+//! the flags (`--initial-cluster`, `--initial-cluster-token`), so every member of the new
+//! cluster is restored from the same file with its own `--name`.
+
+use sha2::{Digest, Sha256};
+use strata_engine::node::bootstrap_log;
+use strata_engine::state_machine::records_for_new_cluster;
+use strata_engine::KvBackend;
+
+use crate::config::{cluster_id, parse_initial_cluster, RestoreFlags};
+use crate::storage::rocks::RocksStore;
+use crate::storage::{Identity, LogStorage};
+use strata_engine::node::PersistTask;
+
+/// Splits the SHA-256 trailer off a snapshot file and checks it.
+pub fn verify(file: &[u8], skip_hash_check: bool) -> Result<&[u8], String> {
+    if skip_hash_check {
+        // Files without a trailer are accepted as they are; with one, it is dropped.
+        if file.len() >= 32 {
+            let (body, sum) = file.split_at(file.len() - 32);
+            if Sha256::digest(body).as_slice() == sum {
+                return Ok(body);
+            }
+        }
+        return Ok(file);
+    }
+    if file.len() < 32 {
+        return Err("snapshot missing hash but --skip-hash-check=false".into());
+    }
+    let (body, sum) = file.split_at(file.len() - 32);
+    let got = Sha256::digest(body);
+    if got.as_slice() != sum {
+        return Err(format!(
+            "expected sha256 {}, got {}",
+            hex::encode(sum),
+            hex::encode(got)
+        ));
+    }
+    Ok(body)
+}
+
+pub fn restore(flags: &RestoreFlags) -> Result<String, String> {
+    let data_dir = flags
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| format!("{}.strata", flags.name).into());
+    if data_dir.exists() {
+        return Err(format!(
+            "data-dir {:?} exists",
+            data_dir.display().to_string()
+        ));
+    }
+    let file = std::fs::read(&flags.file).map_err(|e| format!("{}: {e}", flags.file.display()))?;
+    let body = verify(&file, flags.skip_hash_check)?;
+    let records =
+        records_for_new_cluster(body).map_err(|e| format!("{}: {e}", flags.file.display()))?;
+    let members = parse_initial_cluster(&flags.initial_cluster, &flags.initial_cluster_token)?;
+    let me = members
+        .iter()
+        .find(|m| m.name == flags.name)
+        .ok_or_else(|| {
+            format!(
+                "couldn't find local name {:?} in the initial cluster configuration",
+                flags.name
+            )
+        })?;
+    let mut mine = me.peer_urls.clone();
+    mine.sort();
+    let mut advertised: Vec<String> = flags
+        .initial_advertise_peer_urls
+        .split(',')
+        .map(|s| s.trim().to_string())
+        .collect();
+    advertised.sort();
+    if mine != advertised {
+        return Err(format!(
+            "--initial-cluster has {}={} but missing from --initial-advertise-peer-urls={}",
+            flags.name,
+            me.peer_urls.join(","),
+            flags.initial_advertise_peer_urls
+        ));
+    }
+    let identity = Identity {
+        cluster_id: cluster_id(&members),
+        member_id: me.id,
+    };
+    let result = (|| -> Result<(), String> {
+        let store = RocksStore::open(&data_dir, true).map_err(|e| e.to_string())?;
+        let count = records.len();
+        store
+            .backend()
+            .replace_all(records)
+            .map_err(|e| e.to_string())?;
+        let log = bootstrap_log(&members);
+        let task = PersistTask {
+            number: 1,
+            hard_state: Some(log.hard_state),
+            entries: log.entries,
+            snapshot: None,
+            must_sync: true,
+        };
+        let mut raft_log = store.log();
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .map_err(|e| e.to_string())?
+            .block_on(raft_log.persist(vec![task]))
+            .map_err(|e| e.to_string())?;
+        store.claim(identity).map_err(|e| e.to_string())?;
+        tracing::debug!(records = count, "restored");
+        Ok(())
+    })();
+    if let Err(e) = result {
+        let _ = std::fs::remove_dir_all(&data_dir);
+        return Err(e);
+    }
+    Ok(format!(
+        "restored snapshot {} into {} (member {:x}, cluster {:x})",
+        flags.file.display(),
+        data_dir.display(),
+        identity.member_id,
+        identity.cluster_id
+    ))
+}

@@ -1,0 +1,285 @@
+//! Starting a production member: open (or create) the data dir, decide who this member is
+//! (bootstrap a new cluster, join an existing one, or restart), start the peer transport, the
+//! driver, the client listeners and the auto-compactor, and stop them all on shutdown.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use strata_engine::node::{bootstrap_log, Config, PersistedLog};
+use strata_engine::proto::etcdserverpb::CompactionRequest;
+use strata_engine::request::{Request, Response};
+use strata_engine::{Limits, NodeId};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+
+use crate::api::Ctx;
+use crate::config::{cluster_id, AutoCompaction, MemberConfig};
+use crate::driver::{Driver, Handle, Parts, Stopped};
+use crate::storage::rocks::RocksStore;
+use crate::storage::{Identity, StorageError};
+use crate::transport::{self, url_host_port, MembersSource, Transport};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("{0}")]
+    Config(String),
+    #[error("listen on {addr}: {reason}")]
+    Listen { addr: String, reason: String },
+    #[error(transparent)]
+    Engine(#[from] Stopped),
+}
+
+/// Resolves `host:port` of a listen URL (`localhost` included) to socket addresses.
+async fn bind(url: &str) -> Result<TcpListener, StartError> {
+    let addr = url_host_port(url).to_string();
+    TcpListener::bind(&addr)
+        .await
+        .map_err(|e| StartError::Listen {
+            addr: addr.clone(),
+            reason: e.to_string(),
+        })
+}
+
+/// A running member.
+#[derive(Debug)]
+pub struct Member {
+    pub handle: Handle,
+    pub client_addrs: Vec<SocketAddr>,
+}
+
+/// Who this member is and what log it starts from.
+async fn identify(
+    cfg: &MemberConfig,
+    store: &RocksStore,
+    fresh: bool,
+) -> Result<(Identity, PersistedLog), StartError> {
+    let me = cfg
+        .initial_members
+        .iter()
+        .find(|m| m.name == cfg.name)
+        .expect("validated: this member is in --initial-cluster");
+    if !fresh {
+        let found = store.identity()?.ok_or_else(|| StorageError::Corrupt {
+            path: store.path().display().to_string(),
+            reason: "the data dir has no member identity (was its creation interrupted? remove it)"
+                .into(),
+        })?;
+        if !cfg.join_existing {
+            let want = Identity {
+                cluster_id: cluster_id(&cfg.initial_members),
+                member_id: me.id,
+            };
+            if want.cluster_id != found.cluster_id && store.load_log()?.entries.len() < 2 {
+                // A data dir from another bootstrap: refuse rather than mix clusters.
+                store.claim(want)?;
+            } else if want.member_id != found.member_id && want.cluster_id == found.cluster_id {
+                store.claim(want)?;
+            }
+        }
+        tracing::info!(
+            cluster = %format!("{:x}", found.cluster_id),
+            member = %format!("{:x}", found.member_id),
+            "restarting member from its data dir"
+        );
+        return Ok((found, store.load_log()?));
+    }
+    if !cfg.join_existing {
+        let identity = Identity {
+            cluster_id: cluster_id(&cfg.initial_members),
+            member_id: me.id,
+        };
+        store.claim(identity)?;
+        return Ok((identity, bootstrap_log(&cfg.initial_members)));
+    }
+    // Joining: ask the other members who we are (etcd fetches /members from its peers).
+    let mut last_error = String::from("no other member in --initial-cluster");
+    for m in cfg.initial_members.iter().filter(|m| m.name != cfg.name) {
+        for url in &m.peer_urls {
+            match transport::fetch_members(url).await {
+                Ok(list) => {
+                    let mut mine = cfg.peer_urls.clone();
+                    mine.sort();
+                    let found = list.members.iter().find(|r| {
+                        let mut theirs = r.peer_urls.clone();
+                        theirs.sort();
+                        theirs == mine
+                    });
+                    let Some(found) = found else {
+                        return Err(StartError::Config(format!(
+                            "the cluster at {url} has no member with peer URLs {} (run `etcdctl member add` first)",
+                            cfg.peer_urls.join(",")
+                        )));
+                    };
+                    let identity = Identity {
+                        cluster_id: list.cluster_id,
+                        member_id: found.id,
+                    };
+                    store.claim(identity)?;
+                    return Ok((identity, PersistedLog::default()));
+                }
+                Err(e) => last_error = format!("{url}: {e}"),
+            }
+        }
+    }
+    Err(StartError::Config(format!(
+        "cannot join the existing cluster: {last_error}"
+    )))
+}
+
+/// Starts a member; it runs until `shutdown` turns true. Returns once it is serving, with a
+/// future that resolves when the member stops.
+pub async fn start(
+    cfg: MemberConfig,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(Member, tokio::task::JoinHandle<Stopped>), StartError> {
+    let fresh = !RocksStore::exists(&cfg.data_dir);
+    let store = RocksStore::open(&cfg.data_dir, fresh)?;
+    let (identity, persisted) = match identify(&cfg, &store, fresh).await {
+        Ok(x) => x,
+        Err(e) => {
+            if fresh {
+                drop(store);
+                let _ = std::fs::remove_dir_all(&cfg.data_dir);
+            }
+            return Err(e);
+        }
+    };
+    let id = NodeId(identity.member_id);
+    let mut config = Config::new(id, identity.cluster_id, rand::random());
+    config.tick_ms = cfg.heartbeat_ms;
+    config.heartbeat_ticks = 1;
+    config.election_ticks = (cfg.election_ms / cfg.heartbeat_ms) as usize;
+    config.request_timeout_ticks = (5000 + 2 * cfg.election_ms) / cfg.heartbeat_ms;
+    config.limits = Limits {
+        max_request_bytes: cfg.max_request_bytes as usize,
+        max_txn_ops: cfg.max_txn_ops as usize,
+        quota_backend_bytes: if cfg.quota_backend_bytes == 0 {
+            strata_engine::limits::DEFAULT_QUOTA_BACKEND_BYTES
+        } else {
+            cfg.quota_backend_bytes as u64
+        },
+        snapshot_count: cfg.snapshot_count,
+        ..Limits::default()
+    };
+
+    let (peer_tx, peer_rx) = mpsc::unbounded_channel();
+    let transport = Transport::new(id, identity.cluster_id, peer_tx.clone());
+    let (driver, handle) = Driver::start(Parts {
+        config,
+        name: cfg.name.clone(),
+        client_urls: cfg.advertise_client_urls.clone(),
+        backend: store.backend(),
+        log: store.log(),
+        persisted,
+        transport,
+        peer_events: peer_rx,
+        shutdown: shutdown.clone(),
+    })?;
+
+    for url in &cfg.listen_peer {
+        let listener = bind(url).await?;
+        let shared = handle.shared.clone();
+        let members: MembersSource = std::sync::Arc::new(move || shared.view().members);
+        tokio::spawn(transport::serve(
+            listener,
+            id,
+            identity.cluster_id,
+            peer_tx.clone(),
+            members,
+        ));
+    }
+
+    let ctx = Ctx::new(handle.clone());
+    let mut client_addrs = Vec::new();
+    for url in &cfg.listen_client {
+        let listener = bind(url).await?;
+        client_addrs.push(listener.local_addr().map_err(|e| StartError::Listen {
+            addr: url.clone(),
+            reason: e.to_string(),
+        })?);
+        tokio::spawn(crate::http::serve(
+            listener,
+            ctx.clone(),
+            cfg.max_request_bytes as usize,
+            shutdown.clone(),
+        ));
+    }
+    if cfg.auto_compaction != AutoCompaction::Off {
+        tokio::spawn(auto_compact(
+            handle.clone(),
+            cfg.auto_compaction,
+            shutdown.clone(),
+        ));
+    }
+    tracing::info!(
+        name = %cfg.name,
+        member = %format!("{:x}", id.0),
+        cluster = %format!("{:x}", identity.cluster_id),
+        data_dir = %cfg.data_dir.display(),
+        clients = %cfg.listen_client.join(","),
+        peers = %cfg.listen_peer.join(","),
+        "serving"
+    );
+    let stopped = tokio::spawn(driver.run());
+    Ok((
+        Member {
+            handle,
+            client_addrs,
+        },
+        stopped,
+    ))
+}
+
+/// etcd's auto-compaction, run by every member against the leader's revision (compactions
+/// are idempotent; the engine ignores one at or below the compacted revision).
+/// - periodic(R): every R/10 (at least 1 s... at most 1 h), compact to the revision that was
+///   current R ago.
+/// - revision(N): every 5 minutes, compact to current − N.
+async fn auto_compact(handle: Handle, mode: AutoCompaction, mut shutdown: watch::Receiver<bool>) {
+    let (interval, window) = match mode {
+        AutoCompaction::Off => return,
+        AutoCompaction::Periodic(r) => {
+            let step = (r / 10).clamp(Duration::from_secs(1), Duration::from_secs(3600));
+            (step, (r.as_secs_f64() / step.as_secs_f64()).ceil() as usize)
+        }
+        AutoCompaction::Revision(_) => (Duration::from_secs(300), 0),
+    };
+    let mut seen: std::collections::VecDeque<i64> = std::collections::VecDeque::new();
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.changed() => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+        if handle.shared.leader() != Some(handle.shared.id) {
+            seen.clear();
+            continue;
+        }
+        let current = handle.shared.view().revision;
+        let target = match mode {
+            AutoCompaction::Periodic(_) => {
+                seen.push_back(current);
+                if seen.len() <= window {
+                    continue;
+                }
+                seen.pop_front().unwrap_or(0)
+            }
+            AutoCompaction::Revision(n) => current - n,
+            AutoCompaction::Off => return,
+        };
+        if target <= 1 {
+            continue;
+        }
+        let req = Request::Compact(CompactionRequest {
+            revision: target,
+            physical: false,
+        });
+        match handle.call(req, None).await {
+            Ok(Response::Compact(_)) => tracing::info!(revision = target, "auto-compacted"),
+            Ok(_) => {}
+            Err(e) => tracing::debug!(revision = target, error = %e, "auto-compaction skipped"),
+        }
+    }
+}
