@@ -1,13 +1,70 @@
 #!/usr/bin/env bash
-# The README's "run" command: until the network server lands (issue 3), a walkthrough of the
-# engine itself — three members in one process over an in-memory network (strata-local).
+# Starts a local 3-member Strata cluster on loopback (the README's run command), like etcd's
+# Procfile: clients on 2379/22379/32379, peers on 2380/22380/32380, data under
+# .strata-local/. Prints the endpoints, then waits; Ctrl-C (or `ci/run-local.sh stop` from
+# another shell) stops every member. Data is kept between runs: the members restart from it.
+#   ci/run-local.sh          build (release) and run in the foreground
+#   ci/run-local.sh --clean  wipe .strata-local/ first
+#   ci/run-local.sh stop     stop a cluster started from this checkout
 set -euo pipefail
 cd "$(dirname "$0")/.."
+root="$PWD/.strata-local"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/strata/target}"
+bin="$CARGO_TARGET_DIR/release/strata"
+
+stop() {
+  for pidfile in "$root"/*.pid; do
+    [ -e "$pidfile" ] || continue
+    kill -TERM "$(cat "$pidfile")" 2>/dev/null || true
+    rm -f "$pidfile"
+  done
+}
+
+case "${1:-}" in
+  stop) stop; echo "stopped"; exit 0 ;;
+  --clean) stop; rm -rf "$root" ;;
+  "") ;;
+  *) echo "usage: ci/run-local.sh [--clean|stop]" >&2; exit 2 ;;
+esac
 
 bash ci/setup.sh
+cargo build --release --locked -p strata-server --bin strata
+mkdir -p "$root"
+stop
 
-# Same warm target dir as ci/test.sh, so a run after the tests rebuilds nothing.
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/strata/target}"
-export CARGO_TERM_COLOR=never
+cluster="infra1=http://127.0.0.1:2380,infra2=http://127.0.0.1:22380,infra3=http://127.0.0.1:32380"
+endpoints="127.0.0.1:2379,127.0.0.1:22379,127.0.0.1:32379"
+for i in 1 2 3; do
+  case $i in 1) c=2379 p=2380 ;; 2) c=22379 p=22380 ;; 3) c=32379 p=32380 ;; esac
+  "$bin" --name "infra$i" --data-dir "$root/infra$i" \
+    --listen-client-urls "http://127.0.0.1:$c" --advertise-client-urls "http://127.0.0.1:$c" \
+    --listen-peer-urls "http://127.0.0.1:$p" --initial-advertise-peer-urls "http://127.0.0.1:$p" \
+    --initial-cluster-token strata-local --initial-cluster "$cluster" --initial-cluster-state new \
+    --log-outputs "$root/infra$i.log" &
+  echo $! > "$root/infra$i.pid"
+done
+trap 'stop; echo; echo "cluster stopped"' EXIT INT TERM
 
-exec cargo run -q --locked -p strata-bench --bin strata-local
+for _ in $(seq 1 100); do
+  healthy=0
+  for c in 2379 22379 32379; do
+    curl -fs "http://127.0.0.1:$c/health" >/dev/null 2>&1 && healthy=$((healthy + 1))
+  done
+  [ "$healthy" -eq 3 ] && break
+  sleep 0.2
+done
+if [ "$healthy" -ne 3 ]; then
+  echo "members did not become healthy; logs in $root/*.log" >&2
+  exit 1
+fi
+
+cat <<MSG
+Strata: 3 members up (logs and data in $root)
+  endpoints: $endpoints
+  try:       etcdctl --endpoints=$endpoints put foo bar
+             etcdctl --endpoints=$endpoints get foo
+             etcdctl --endpoints=$endpoints endpoint status -w table
+             curl -s http://127.0.0.1:2379/health
+Ctrl-C stops the cluster.
+MSG
+wait

@@ -219,6 +219,9 @@ pub struct Parts<B: ServerBackend, L: LogStorage> {
     pub log: L,
     pub persisted: PersistedLog,
     pub transport: Transport,
+    /// Peers to reach before this member has applied any membership (a joining member learns
+    /// them from the cluster it joins).
+    pub initial_peers: BTreeMap<NodeId, Vec<String>>,
     pub peer_events: mpsc::UnboundedReceiver<PeerEvent>,
     pub shutdown: watch::Receiver<bool>,
 }
@@ -253,9 +256,11 @@ impl<B: ServerBackend> Driver<B> {
             log,
             persisted,
             transport,
+            initial_peers,
             peer_events,
             shutdown,
         } = parts;
+        transport.set_peers(initial_peers.clone());
         let node = Node::open(config.clone(), backend, persisted)?;
         let (commands_tx, commands) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
@@ -283,7 +288,7 @@ impl<B: ServerBackend> Driver<B> {
             watch_streams: HashMap::new(),
             next_request: 1,
             start: tokio::time::Instant::now(),
-            peers: BTreeMap::new(),
+            peers: initial_peers,
             name,
             client_urls,
         };
@@ -508,7 +513,7 @@ impl<B: ServerBackend> Driver<B> {
                 .filter(|m| m.id != self.shared.id.0)
                 .map(|m| (NodeId(m.id), m.peer_urls.clone()))
                 .collect();
-            if peers != self.peers {
+            if !peers.is_empty() && peers != self.peers {
                 self.transport.set_peers(peers.clone());
                 self.peers = peers;
             }

@@ -17,10 +17,10 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::api::pb::etcdserverpb::{
-    cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
-    maintenance_server::MaintenanceServer, watch_server::WatchServer,
+    auth_server::AuthServer, cluster_server::ClusterServer, kv_server::KvServer,
+    lease_server::LeaseServer, maintenance_server::MaintenanceServer, watch_server::WatchServer,
 };
-use crate::api::{cluster, kv, lease, maintenance, watch as watch_api, Ctx};
+use crate::api::{auth, cluster, kv, lease, maintenance, watch as watch_api, Ctx};
 
 /// gRPC framing overhead etcd allows above `--max-request-bytes`.
 const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
@@ -39,6 +39,13 @@ pub fn grpc_routes(ctx: &Ctx, max_request_bytes: usize) -> tonic::service::Route
         )
         .add_service(
             ClusterServer::new(cluster::ClusterService(ctx.clone())).max_decoding_message_size(max),
+        )
+        .add_service(
+            AuthServer::new(auth::AuthService {
+                ctx: ctx.clone(),
+                bcrypt_cost: ctx.bcrypt_cost,
+            })
+            .max_decoding_message_size(max),
         )
         .add_service(
             MaintenanceServer::new(maintenance::MaintenanceService(ctx.clone()))

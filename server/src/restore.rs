@@ -12,33 +12,51 @@ use strata_engine::KvBackend;
 use crate::config::{cluster_id, parse_initial_cluster, RestoreFlags};
 use crate::storage::rocks::RocksStore;
 use crate::storage::{Identity, LogStorage};
-use strata_engine::node::PersistTask;
 
-/// Splits the SHA-256 trailer off a snapshot file and checks it.
+/// Checks a snapshot file's SHA-256 trailer (unless skipped) and returns its body.
 pub fn verify(file: &[u8], skip_hash_check: bool) -> Result<&[u8], String> {
-    if skip_hash_check {
-        // Files without a trailer are accepted as they are; with one, it is dropped.
-        if file.len() >= 32 {
-            let (body, sum) = file.split_at(file.len() - 32);
-            if Sha256::digest(body).as_slice() == sum {
-                return Ok(body);
-            }
+    let has_checksum = file.len() % 512 == 32;
+    if !skip_hash_check {
+        if !has_checksum {
+            return Err("snapshot missing hash but --skip-hash-check=false".into());
         }
-        return Ok(file);
+        let (framed, sum) = file.split_at(file.len() - 32);
+        let got = Sha256::digest(framed);
+        if got.as_slice() != sum {
+            return Err(format!(
+                "expected sha256 {}, got {}",
+                hex::encode(sum),
+                hex::encode(got)
+            ));
+        }
     }
-    if file.len() < 32 {
-        return Err("snapshot missing hash but --skip-hash-check=false".into());
+    let magic = crate::api::maintenance::SNAPSHOT_MAGIC;
+    if file.len() < 16 || &file[..8] != magic {
+        return Err("not a Strata snapshot file (bad magic)".into());
     }
-    let (body, sum) = file.split_at(file.len() - 32);
-    let got = Sha256::digest(body);
-    if got.as_slice() != sum {
-        return Err(format!(
-            "expected sha256 {}, got {}",
-            hex::encode(sum),
-            hex::encode(got)
-        ));
+    let len = u64::from_be_bytes(file[8..16].try_into().expect("8 bytes")) as usize;
+    file.get(16..16 + len)
+        .ok_or_else(|| "snapshot file is truncated".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::maintenance::seal_snapshot;
+
+    #[test]
+    fn sealed_snapshots_verify_and_tampering_is_caught() {
+        let file = seal_snapshot(b"hello".to_vec());
+        assert_eq!(file.len() % 512, 32);
+        assert_eq!(verify(&file, false).expect("valid"), b"hello");
+        let mut bad = file.clone();
+        bad[17] ^= 1;
+        assert!(verify(&bad, false)
+            .expect_err("tampered")
+            .contains("expected sha256"));
+        assert_eq!(verify(&bad[..bad.len() - 1], true).map(|_| ()), Ok(()));
+        assert!(verify(b"short", false).is_err());
     }
-    Ok(body)
 }
 
 pub fn restore(flags: &RestoreFlags) -> Result<String, String> {
@@ -85,6 +103,7 @@ pub fn restore(flags: &RestoreFlags) -> Result<String, String> {
     let identity = Identity {
         cluster_id: cluster_id(&members),
         member_id: me.id,
+        joined: false,
     };
     let result = (|| -> Result<(), String> {
         let store = RocksStore::open(&data_dir, true).map_err(|e| e.to_string())?;
@@ -94,13 +113,7 @@ pub fn restore(flags: &RestoreFlags) -> Result<String, String> {
             .replace_all(records)
             .map_err(|e| e.to_string())?;
         let log = bootstrap_log(&members);
-        let task = PersistTask {
-            number: 1,
-            hard_state: Some(log.hard_state),
-            entries: log.entries,
-            snapshot: None,
-            must_sync: true,
-        };
+        let task = crate::server::bootstrap_task(&log);
         let mut raft_log = store.log();
         tokio::runtime::Builder::new_current_thread()
             .build()

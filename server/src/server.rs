@@ -5,8 +5,9 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use strata_engine::node::{bootstrap_log, Config, PersistedLog};
+use strata_engine::node::{bootstrap_log, Config, PersistTask, PersistedLog};
 use strata_engine::proto::etcdserverpb::CompactionRequest;
+use strata_engine::proto::strata::internal::MemberRecord;
 use strata_engine::request::{Request, Response};
 use strata_engine::{Limits, NodeId};
 use tokio::net::TcpListener;
@@ -16,7 +17,7 @@ use crate::api::Ctx;
 use crate::config::{cluster_id, AutoCompaction, MemberConfig};
 use crate::driver::{Driver, Handle, Parts, Stopped};
 use crate::storage::rocks::RocksStore;
-use crate::storage::{Identity, StorageError};
+use crate::storage::{Identity, LogStorage, StorageError};
 use crate::transport::{self, url_host_port, MembersSource, Transport};
 
 #[derive(Debug, thiserror::Error)]
@@ -49,12 +50,23 @@ pub struct Member {
     pub client_addrs: Vec<SocketAddr>,
 }
 
+/// The persist task writing a bootstrap log (hard state and conf-change entries).
+pub fn bootstrap_task(log: &PersistedLog) -> PersistTask {
+    PersistTask {
+        number: 0,
+        hard_state: Some(log.hard_state.clone()),
+        entries: log.entries.clone(),
+        snapshot: None,
+        must_sync: true,
+    }
+}
+
 /// Who this member is and what log it starts from.
 async fn identify(
     cfg: &MemberConfig,
     store: &RocksStore,
     fresh: bool,
-) -> Result<(Identity, PersistedLog), StartError> {
+) -> Result<(Identity, PersistedLog, Vec<MemberRecord>), StartError> {
     let me = cfg
         .initial_members
         .iter()
@@ -66,16 +78,23 @@ async fn identify(
             reason: "the data dir has no member identity (was its creation interrupted? remove it)"
                 .into(),
         })?;
-        if !cfg.join_existing {
+        // A member bootstrapped from these flags must find its own cluster in the data dir.
+        // (A member that joined an existing cluster has an id the flags cannot predict.)
+        if !cfg.join_existing && !found.joined {
             let want = Identity {
                 cluster_id: cluster_id(&cfg.initial_members),
                 member_id: me.id,
+                joined: false,
             };
-            if want.cluster_id != found.cluster_id && store.load_log()?.entries.len() < 2 {
-                // A data dir from another bootstrap: refuse rather than mix clusters.
-                store.claim(want)?;
-            } else if want.member_id != found.member_id && want.cluster_id == found.cluster_id {
-                store.claim(want)?;
+            if want != found {
+                return Err(StorageError::WrongCluster {
+                    path: store.path().display().to_string(),
+                    found_cluster: found.cluster_id,
+                    found_member: found.member_id,
+                    want_cluster: want.cluster_id,
+                    want_member: want.member_id,
+                }
+                .into());
             }
         }
         tracing::info!(
@@ -83,15 +102,19 @@ async fn identify(
             member = %format!("{:x}", found.member_id),
             "restarting member from its data dir"
         );
-        return Ok((found, store.load_log()?));
+        return Ok((found, store.load_log()?, cfg.initial_members.clone()));
     }
     if !cfg.join_existing {
         let identity = Identity {
             cluster_id: cluster_id(&cfg.initial_members),
             member_id: me.id,
+            joined: false,
         };
+        // The bootstrap entries are the start of this member's log: durable before anything.
+        let log = bootstrap_log(&cfg.initial_members);
+        store.log().persist(vec![bootstrap_task(&log)]).await?;
         store.claim(identity)?;
-        return Ok((identity, bootstrap_log(&cfg.initial_members)));
+        return Ok((identity, log, cfg.initial_members.clone()));
     }
     // Joining: ask the other members who we are (etcd fetches /members from its peers).
     let mut last_error = String::from("no other member in --initial-cluster");
@@ -115,9 +138,10 @@ async fn identify(
                     let identity = Identity {
                         cluster_id: list.cluster_id,
                         member_id: found.id,
+                        joined: true,
                     };
                     store.claim(identity)?;
-                    return Ok((identity, PersistedLog::default()));
+                    return Ok((identity, PersistedLog::default(), list.members));
                 }
                 Err(e) => last_error = format!("{url}: {e}"),
             }
@@ -136,7 +160,7 @@ pub async fn start(
 ) -> Result<(Member, tokio::task::JoinHandle<Stopped>), StartError> {
     let fresh = !RocksStore::exists(&cfg.data_dir);
     let store = RocksStore::open(&cfg.data_dir, fresh)?;
-    let (identity, persisted) = match identify(&cfg, &store, fresh).await {
+    let (identity, persisted, known_members) = match identify(&cfg, &store, fresh).await {
         Ok(x) => x,
         Err(e) => {
             if fresh {
@@ -148,6 +172,7 @@ pub async fn start(
     };
     let id = NodeId(identity.member_id);
     let mut config = Config::new(id, identity.cluster_id, rand::random());
+    config.auth_token_ttl_secs = cfg.auth_token_ttl.as_secs();
     config.tick_ms = cfg.heartbeat_ms;
     config.heartbeat_ticks = 1;
     config.election_ticks = (cfg.election_ms / cfg.heartbeat_ms) as usize;
@@ -174,6 +199,11 @@ pub async fn start(
         log: store.log(),
         persisted,
         transport,
+        initial_peers: known_members
+            .iter()
+            .filter(|m| m.id != id.0)
+            .map(|m| (NodeId(m.id), m.peer_urls.clone()))
+            .collect(),
         peer_events: peer_rx,
         shutdown: shutdown.clone(),
     })?;
@@ -191,7 +221,8 @@ pub async fn start(
         ));
     }
 
-    let ctx = Ctx::new(handle.clone());
+    let mut ctx = Ctx::new(handle.clone());
+    ctx.bcrypt_cost = cfg.bcrypt_cost;
     let mut client_addrs = Vec::new();
     for url in &cfg.listen_client {
         let listener = bind(url).await?;

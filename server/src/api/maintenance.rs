@@ -41,11 +41,21 @@ impl MaintenanceService {
     }
 }
 
-/// Appends etcd's integrity trailer: the SHA-256 of the snapshot body.
-pub fn seal_snapshot(mut body: Vec<u8>) -> Vec<u8> {
-    let digest = Sha256::digest(&body);
-    body.extend_from_slice(&digest);
-    body
+/// Magic bytes opening a Strata snapshot file.
+pub const SNAPSHOT_MAGIC: &[u8; 8] = b"STRATASN";
+
+/// Frames a snapshot body as a file etcd's tools accept: magic, body length, body, zero
+/// padding to a multiple of 512 bytes (etcdctl checks `size % 512 == 32`, a bolt file's page
+/// alignment plus the digest), then the SHA-256 of everything before it, as etcd appends.
+pub fn seal_snapshot(body: Vec<u8>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len() + 560);
+    out.extend_from_slice(SNAPSHOT_MAGIC);
+    out.extend_from_slice(&(body.len() as u64).to_be_bytes());
+    out.extend_from_slice(&body);
+    out.resize(out.len().div_ceil(512) * 512, 0);
+    let digest = Sha256::digest(&out);
+    out.extend_from_slice(&digest);
+    out
 }
 
 #[tonic::async_trait]

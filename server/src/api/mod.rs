@@ -4,6 +4,7 @@
 //! `LeaseTimeToLive`, `MemberPromote`, `MoveLeader`) are forwarded to the leader's client URL
 //! once, so a follower gives the same answer the leader would.
 
+pub mod auth;
 pub mod cluster;
 pub mod kv;
 pub mod lease;
@@ -59,6 +60,8 @@ pub fn token(md: &MetadataMap) -> Option<String> {
 #[derive(Clone, Debug)]
 pub struct Ctx {
     pub handle: Handle,
+    /// bcrypt cost for new passwords (`--bcrypt-cost`).
+    pub bcrypt_cost: u32,
     channels: Arc<Mutex<HashMap<String, Channel>>>,
 }
 
@@ -66,6 +69,7 @@ impl Ctx {
     pub fn new(handle: Handle) -> Ctx {
         Ctx {
             handle,
+            bcrypt_cost: bcrypt::DEFAULT_COST,
             channels: Arc::default(),
         }
     }

@@ -27,6 +27,9 @@ use strata_engine::{LogIndex, Term};
 pub struct Identity {
     pub cluster_id: u64,
     pub member_id: u64,
+    /// Joined an existing cluster (`--initial-cluster-state existing`) rather than
+    /// bootstrapping one: its ids cannot be derived from the flags.
+    pub joined: bool,
 }
 
 #[derive(Debug, thiserror::Error)]

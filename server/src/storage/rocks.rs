@@ -127,12 +127,13 @@ impl RocksStore {
             .map_err(|e| self.io("read identity", e))?;
         let Some(raw) = raw else { return Ok(None) };
         let body = self.unseal(KEY_IDENTITY, &raw)?;
-        if body.len() != 16 {
+        if body.len() != 17 {
             return Err(self.corrupt(format!("identity record has {} bytes", body.len())));
         }
         Ok(Some(Identity {
             cluster_id: u64::from_be_bytes(body[..8].try_into().expect("8 bytes")),
-            member_id: u64::from_be_bytes(body[8..].try_into().expect("8 bytes")),
+            member_id: u64::from_be_bytes(body[8..16].try_into().expect("8 bytes")),
+            joined: body[16] == 1,
         }))
     }
 
@@ -150,6 +151,7 @@ impl RocksStore {
             None => {
                 let mut body = want.cluster_id.to_be_bytes().to_vec();
                 body.extend_from_slice(&want.member_id.to_be_bytes());
+                body.push(want.joined as u8);
                 let mut opts = WriteOptions::default();
                 opts.set_sync(true);
                 self.db
@@ -559,6 +561,7 @@ mod tests {
         let me = Identity {
             cluster_id: 1,
             member_id: 2,
+            joined: false,
         };
         store.claim(me).expect("first claim");
         store.claim(me).expect("same identity");
@@ -566,6 +569,7 @@ mod tests {
             .claim(Identity {
                 cluster_id: 9,
                 member_id: 2,
+                joined: false,
             })
             .expect_err("other cluster");
         assert!(err.to_string().contains("belongs to cluster 1"), "{err}");
