@@ -1,11 +1,20 @@
 #!/usr/bin/env bash
 # Installs what a fresh Debian machine lacks to build and test Strata. Idempotent: skips what
 # is already there.
+#   protobuf-compiler      protoc, for prost/tonic code generation
+#   librocksdb-dev         RocksDB 7.8, linked instead of compiling its C++ (.cargo/config.toml)
+#   libclang-dev clang     bindgen for librocksdb-sys
+#   etcd-client            etcdctl, the real client the integration tests drive
+#   curl                   the HTTP/JSON gateway tests and ci/run-local.sh
 set -euo pipefail
 
 need=()
 command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
+[ -e /usr/include/rocksdb/db.h ] || need+=(librocksdb-dev)
+ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || need+=(libclang-dev)
+command -v clang >/dev/null 2>&1 || need+=(clang)
 command -v etcdctl >/dev/null 2>&1 || need+=(etcd-client)
+command -v curl >/dev/null 2>&1 || need+=(curl)
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "ci/setup.sh: installing ${need[*]}"

@@ -512,7 +512,16 @@ mod tests {
 
     #[test]
     fn contradictions_are_refused() {
-        let e = flags(&["--name", "x"]).expect_err("name not in initial cluster");
+        // Like etcd, a lone --name makes its own one-member initial cluster...
+        assert!(flags(&["--name", "x"]).is_ok());
+        // ...but an explicit one must name this member.
+        let e = flags(&[
+            "--name",
+            "x",
+            "--initial-cluster",
+            "default=http://localhost:2380",
+        ])
+        .expect_err("name not in initial cluster");
         assert!(e.contains("couldn't find local name \"x\""), "{e}");
         let e = flags(&["--election-timeout", "300"]).expect_err("too short");
         assert!(e.contains("at least as 5 times"), "{e}");

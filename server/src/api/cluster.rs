@@ -71,7 +71,7 @@ impl Cluster for ClusterService {
         {
             Ok(resp) => expect_response!(resp, MemberPromote),
             Err(EtcdError::NotLeader) => {
-                let ch = self.0.leader_channel(&md)?;
+                let ch = self.0.leader_channel(&md).await?;
                 ClusterClient::new(ch)
                     .member_promote(forwarded(msg, &md))
                     .await

@@ -49,7 +49,7 @@ impl LeaseService {
                 ttl: 0,
             }),
             Err(EtcdError::NotLeader) => {
-                let ch = self.0.leader_channel(md)?;
+                let ch = self.0.leader_channel(md).await?;
                 let mut client = LeaseClient::new(ch);
                 let once = tokio_stream::once(req);
                 let mut answers = client
@@ -107,6 +107,9 @@ impl Lease for LeaseService {
         &self,
         req: Req<Streaming<LeaseKeepAliveRequest>>,
     ) -> Result<Resp<KeepAliveStream>, Status> {
+        if self.0.is_learner() {
+            return Err(status(EtcdError::NotSupportedForLearner));
+        }
         let (md, _, mut inbound) = req.into_parts();
         let (tx, rx) = mpsc::channel(16);
         let this = self.clone();
@@ -146,7 +149,7 @@ impl Lease for LeaseService {
                 keys: vec![],
             })),
             Err(EtcdError::NotLeader) => {
-                let ch = self.0.leader_channel(&md)?;
+                let ch = self.0.leader_channel(&md).await?;
                 LeaseClient::new(ch)
                     .lease_time_to_live(forwarded(msg, &md))
                     .await

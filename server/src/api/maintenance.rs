@@ -137,7 +137,7 @@ impl Maintenance for MaintenanceService {
         {
             Ok(resp) => expect_response!(resp, MoveLeader),
             Err(EtcdError::NotLeader) => {
-                let ch = self.0.leader_channel(&md)?;
+                let ch = self.0.leader_channel(&md).await?;
                 MaintenanceClient::new(ch)
                     .move_leader(forwarded(msg, &md))
                     .await

@@ -75,21 +75,44 @@ impl Ctx {
     }
 
     pub async fn call(&self, request: Request, md: &MetadataMap) -> Result<Response, Status> {
+        if self.is_learner() && !learner_serves(&request) {
+            return Err(status(EtcdError::NotSupportedForLearner));
+        }
         self.handle.call(request, token(md)).await.map_err(status)
     }
 
+    /// Whether this member is a learner (it serves only `Status` and serializable reads, and
+    /// no streams but `Snapshot`, as etcd's learner interceptors enforce).
+    pub fn is_learner(&self) -> bool {
+        let shared = &self.handle.shared;
+        shared.member(shared.id).is_some_and(|m| m.is_learner)
+    }
+
     /// A channel to the leader's client URL, for a request only the leader answers. Refuses
-    /// a request that was itself forwarded (leadership moved while it travelled).
-    pub fn leader_channel(&self, md: &MetadataMap) -> Result<Channel, Status> {
+    /// a request that was itself forwarded (leadership moved while it travelled). While no
+    /// leader is known (an election, or its URLs not yet applied here) it waits up to an
+    /// election timeout and a half, as etcd's `waitLeader` does.
+    pub async fn leader_channel(&self, md: &MetadataMap) -> Result<Channel, Status> {
         if md.get(FORWARDED).is_some() {
             return Err(status(EtcdError::NotLeader));
         }
         let shared = &self.handle.shared;
-        let leader = shared.leader().ok_or_else(|| status(EtcdError::NoLeader))?;
-        let url = shared
-            .member(leader)
-            .and_then(|m| m.client_urls.first().cloned())
-            .ok_or_else(|| status(EtcdError::NoLeader))?;
+        let patience =
+            std::time::Duration::from_millis(shared.config.election_timeout_ms() * 3 / 2);
+        let deadline = tokio::time::Instant::now() + patience;
+        let url = loop {
+            let url = shared
+                .leader()
+                .and_then(|leader| shared.member(leader))
+                .and_then(|m| m.client_urls.first().cloned());
+            match url {
+                Some(url) => break url,
+                None if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                None => return Err(status(EtcdError::NoLeader)),
+            }
+        };
         let mut channels = self.channels.lock().expect("channels lock");
         if let Some(ch) = channels.get(&url) {
             return Ok(ch.clone());
@@ -99,6 +122,15 @@ impl Ctx {
         let ch = endpoint.connect_lazy();
         channels.insert(url, ch.clone());
         Ok(ch)
+    }
+}
+
+/// etcd's `isRPCSupportedForLearner`.
+fn learner_serves(request: &Request) -> bool {
+    match request {
+        Request::Status(_) => true,
+        Request::Range(r) => r.serializable,
+        _ => false,
     }
 }
 

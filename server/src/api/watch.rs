@@ -29,6 +29,9 @@ impl Watch for WatchService {
         &self,
         req: Request<Streaming<WatchRequest>>,
     ) -> Result<Response<WatchStream>, Status> {
+        if self.0.is_learner() {
+            return Err(status(strata_engine::EtcdError::NotSupportedForLearner));
+        }
         let handle = self.0.handle.clone();
         let token = super::token(req.metadata());
         let mut inbound = req.into_inner();

@@ -1,0 +1,307 @@
+//! A real cluster for integration tests: `strata` processes built by cargo, on free loopback
+//! ports, each with its own data dir, driven with Debian's `etcdctl` and the `etcd-client`
+//! crate. Processes are killed when the cluster is dropped, even when a test fails.
+
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct Member {
+    pub name: String,
+    pub client_port: u16,
+    pub peer_port: u16,
+    pub data_dir: PathBuf,
+    pub log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Member {
+    pub fn endpoint(&self) -> String {
+        format!("127.0.0.1:{}", self.client_port)
+    }
+
+    pub fn client_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    pub fn peer_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.peer_port)
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+}
+
+pub struct Cluster {
+    /// Clusters in one test binary run one at a time: on a 2-core machine, several debug
+    /// clusters at once starve each other into election churn.
+    _serial: std::sync::MutexGuard<'static, ()>,
+    pub dir: tempfile::TempDir,
+    pub members: Vec<Member>,
+    pub token: String,
+}
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind an ephemeral port")
+        .port()
+}
+
+pub fn strata_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_strata")
+}
+
+impl Cluster {
+    /// Starts `n` members bootstrapping a new cluster and waits until each serves.
+    pub fn start(n: usize) -> Cluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let members: Vec<Member> = (1..=n)
+            .map(|i| {
+                let name = format!("m{i}");
+                Member {
+                    data_dir: dir.path().join(&name),
+                    log: dir.path().join(format!("{name}.log")),
+                    name,
+                    client_port: free_port(),
+                    peer_port: free_port(),
+                    child: None,
+                }
+            })
+            .collect();
+        static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        let mut cluster = Cluster {
+            _serial: serial,
+            dir,
+            members,
+            token: format!("test-{}", free_port()),
+        };
+        for i in 0..n {
+            cluster.start_member(i, "new");
+        }
+        cluster.wait_ready();
+        cluster
+    }
+
+    pub fn initial_cluster(&self) -> String {
+        self.members
+            .iter()
+            .map(|m| format!("{}={}", m.name, m.peer_url()))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    pub fn endpoints(&self) -> String {
+        self.members
+            .iter()
+            .filter(|m| m.is_running())
+            .map(Member::endpoint)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    pub fn client_urls(&self) -> Vec<String> {
+        self.members
+            .iter()
+            .filter(|m| m.is_running())
+            .map(Member::client_url)
+            .collect()
+    }
+
+    /// Starts member `i` with `--initial-cluster-state state`.
+    pub fn start_member(&mut self, i: usize, state: &str) {
+        let initial = self.initial_cluster();
+        let m = &mut self.members[i];
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&m.log)
+            .expect("log file");
+        let child = Command::new(strata_bin())
+            .args(["--name", &m.name])
+            .arg("--data-dir")
+            .arg(&m.data_dir)
+            .args(["--listen-client-urls", &m.client_url()])
+            .args(["--advertise-client-urls", &m.client_url()])
+            .args(["--listen-peer-urls", &m.peer_url()])
+            .args(["--initial-advertise-peer-urls", &m.peer_url()])
+            .args(["--initial-cluster", &initial])
+            .args(["--initial-cluster-token", &self.token])
+            .args(["--initial-cluster-state", state])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn strata");
+        m.child = Some(child);
+    }
+
+    /// Adds a not-yet-started member to the test's view (for `etcdctl member add`, whose
+    /// peer URL it provides); start it with `start_member(i, "existing")`.
+    pub fn new_member(&mut self, name: &str) -> usize {
+        self.members.push(Member {
+            data_dir: self.dir.path().join(name),
+            log: self.dir.path().join(format!("{name}.log")),
+            name: name.to_string(),
+            client_port: free_port(),
+            peer_port: free_port(),
+            child: None,
+        });
+        self.members.len() - 1
+    }
+
+    /// Restarts a stopped member from its data dir.
+    pub fn restart(&mut self, i: usize) {
+        assert!(self.members[i].child.is_none(), "member {i} is running");
+        self.start_member(i, "new");
+    }
+
+    /// SIGKILL: no chance to flush anything.
+    pub fn kill9(&mut self, i: usize) {
+        if let Some(mut c) = self.members[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for the exit status.
+    pub fn terminate(&mut self, i: usize) -> std::process::ExitStatus {
+        let mut c = self.members[i].child.take().expect("running member");
+        let _ = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = c.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "member {i} ignored SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits until every running member answers `/health` with 200.
+    pub fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for m in self.members.iter().filter(|m| m.is_running()) {
+            loop {
+                let out = Command::new("curl")
+                    .args(["-fs", "-m", "2", &format!("{}/health", m.client_url())])
+                    .output()
+                    .expect("curl");
+                if out.status.success() {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{} not healthy; log:\n{}",
+                    m.name,
+                    std::fs::read_to_string(&m.log).unwrap_or_default()
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        // Every running member has published its client URLs (etcd's "started").
+        loop {
+            let out = self.etcdctl(&["member", "list"]);
+            let text = String::from_utf8_lossy(&out.stdout);
+            if out.status.success() && !text.contains("unstarted") {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "members never all started: {text}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Runs `etcdctl` against every running member.
+    pub fn etcdctl(&self, args: &[&str]) -> Output {
+        self.etcdctl_at(&self.endpoints(), args)
+    }
+
+    pub fn etcdctl_at(&self, endpoints: &str, args: &[&str]) -> Output {
+        Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={endpoints}"))
+            .arg("--command-timeout=10s")
+            .args(args)
+            .output()
+            .expect("run etcdctl (apt: etcd-client)")
+    }
+
+    /// `etcdctl` that must succeed; returns its stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.etcdctl(args);
+        assert!(
+            out.status.success(),
+            "etcdctl {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("utf-8")
+    }
+
+    /// `etcdctl` that must fail; returns its stderr.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let out = self.etcdctl(args);
+        assert!(
+            !out.status.success(),
+            "etcdctl {args:?} unexpectedly succeeded: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8(out.stderr).expect("utf-8")
+    }
+
+    /// The index of the member the cluster reports as leader.
+    pub fn leader(&self) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            for (i, m) in self
+                .members
+                .iter()
+                .enumerate()
+                .filter(|(_, m)| m.is_running())
+            {
+                let out = self.etcdctl_at(&m.endpoint(), &["endpoint", "status", "-w", "json"]);
+                if String::from_utf8_lossy(&out.stdout).contains("\"leader\"") {
+                    let text = String::from_utf8_lossy(&out.stdout).to_string();
+                    let leader = json_u64(&text, "\"leader\":");
+                    let me = json_u64(&text, "\"member_id\":");
+                    if leader != 0 && leader == me {
+                        return i;
+                    }
+                }
+            }
+            assert!(Instant::now() < deadline, "no leader");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+fn json_u64(text: &str, field: &str) -> u64 {
+    text.split(field)
+        .nth(1)
+        .map(|rest| {
+            rest.trim_start()
+                .chars()
+                .take_while(|c| c.is_ascii_digit())
+                .collect::<String>()
+        })
+        .and_then(|d| d.parse().ok())
+        .unwrap_or(0)
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for i in 0..self.members.len() {
+            self.kill9(i);
+        }
+    }
+}

@@ -1,0 +1,382 @@
+//! Real `etcdctl` (Debian's etcd-client) against a real 3-member cluster: every service a
+//! user reaches from the command line, with etcd's answers and error texts.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::Cluster;
+
+#[test]
+fn kv_txn_watch_compaction() {
+    let c = Cluster::start(3);
+    assert_eq!(c.ok(&["put", "foo", "bar"]).trim(), "OK");
+    assert_eq!(c.ok(&["get", "foo"]), "foo\nbar\n");
+    c.ok(&["put", "foo", "baz"]);
+    c.ok(&["put", "fop", "1"]);
+    // Prefix and from-key ranges, keys-only, count.
+    assert_eq!(
+        c.ok(&["get", "fo", "--prefix", "--keys-only"]),
+        "foo\n\nfop\n\n"
+    );
+    assert_eq!(c.ok(&["get", "--from-key", "fop"]), "fop\n1\n");
+    assert!(c
+        .ok(&["get", "fo", "--prefix", "--keys-only", "-w", "json"])
+        .contains("\"count\":2"));
+    // A historical read sees the old value.
+    let json = c.ok(&["get", "foo", "-w", "json"]);
+    assert!(json.contains("\"version\":2"), "{json}");
+    let rev = json
+        .split("\"mod_revision\":")
+        .nth(1)
+        .and_then(|r| r.split(|ch: char| !ch.is_ascii_digit()).next())
+        .and_then(|d| d.parse::<i64>().ok())
+        .expect("mod_revision");
+    assert_eq!(
+        c.ok(&["get", "foo", &format!("--rev={}", rev - 1)]),
+        "foo\nbar\n"
+    );
+
+    // Txn from stdin: compare value, then/else.
+    let mut txn = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={}", c.endpoints()))
+        .args(["txn"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("etcdctl txn");
+    use std::io::Write as _;
+    txn.stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"value(\"foo\") = \"baz\"\n\nput txnkey yes\n\nput txnkey no\n\n")
+        .expect("write txn");
+    let out = txn.wait_with_output().expect("txn output");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "SUCCESS\n\nOK\n");
+    assert_eq!(c.ok(&["get", "txnkey", "--print-value-only"]), "yes\n");
+
+    // Watch from an old revision replays history, from another member.
+    let watch = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={}", c.members[2].endpoint()))
+        .args(["watch", "foo", "--rev=1"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("etcdctl watch");
+    std::thread::sleep(Duration::from_millis(800));
+    c.ok(&["del", "foo"]);
+    std::thread::sleep(Duration::from_millis(800));
+    let _ = Command::new("kill").arg(watch.id().to_string()).status();
+    let out = watch.wait_with_output().expect("watch output");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "PUT\nfoo\nbar\nPUT\nfoo\nbaz\nDELETE\nfoo\n\n"
+    );
+
+    // Compaction, then reads and watches below it are refused with etcd's text.
+    assert!(c
+        .ok(&["compaction", &rev.to_string()])
+        .contains("compacted revision"));
+    let err = c.fails(&["get", "fop", "--rev=1"]);
+    assert!(
+        err.contains("etcdserver: mvcc: required revision has been compacted"),
+        "{err}"
+    );
+    // Deletes count what they removed.
+    assert_eq!(c.ok(&["del", "fo", "--prefix"]).trim(), "1");
+    // Bad input: an empty key.
+    let err = c.fails(&["put", "", "x"]);
+    assert!(
+        err.contains("key is not provided") || err.contains("put command needs"),
+        "{err}"
+    );
+}
+
+#[test]
+fn leases_expire_and_keepalive_works_on_followers() {
+    let c = Cluster::start(3);
+    let leader = c.leader();
+    let follower = (leader + 1) % 3;
+    let f = c.members[follower].endpoint();
+    let out = c.etcdctl_at(&f, &["lease", "grant", "3"]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let id = text
+        .split_whitespace()
+        .nth(1)
+        .expect("lease id")
+        .to_string();
+    let out = c.etcdctl_at(&f, &["put", "leased", "v", "--lease", &id]);
+    assert!(out.status.success());
+    // Keep-alive and time-to-live through a follower are forwarded to the leader.
+    let out = c.etcdctl_at(&f, &["lease", "keep-alive", "--once", &id]);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("keepalived with TTL(3)"),
+        "{text} via {f}, leader {leader}: {}",
+        c.ok(&["member", "list", "-w", "json"])
+    );
+    let out = c.etcdctl_at(&f, &["lease", "timetolive", &id, "--keys"]);
+    let ttl = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        ttl.contains("granted with TTL(3s)") && ttl.contains("attached keys([leased])"),
+        "{ttl}"
+    );
+    assert!(c.ok(&["lease", "list"]).contains(&id));
+    // Expiry deletes the attached key.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !c.ok(&["get", "leased"]).is_empty() {
+        assert!(Instant::now() < deadline, "lease never expired");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = c.etcdctl_at(&f, &["lease", "timetolive", &id]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("already expired"));
+    let err = c.fails(&["lease", "revoke", &id]);
+    assert!(
+        err.contains("etcdserver: requested lease not found"),
+        "{err}"
+    );
+}
+
+#[test]
+fn maintenance_snapshot_restore_and_defrag() {
+    let mut c = Cluster::start(3);
+    for i in 0..50 {
+        c.ok(&["put", &format!("k{i:02}"), &format!("v{i}")]);
+    }
+    let status = c.ok(&["endpoint", "status", "-w", "table"]);
+    assert_eq!(status.matches("3.6.0").count(), 3, "{status}");
+    let out = c.etcdctl(&["endpoint", "health"]);
+    let text =
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.matches("is healthy").count(), 3, "{text}");
+    let hashes = c.ok(&["endpoint", "hashkv", "-w", "json"]);
+    let values: Vec<&str> = hashes
+        .split("\"hash\":")
+        .skip(1)
+        .map(|s| s.split(',').next().unwrap_or(""))
+        .collect();
+    assert_eq!(values.len(), 3, "{hashes}");
+    assert!(
+        values.windows(2).all(|w| w[0] == w[1]),
+        "members disagree: {hashes}"
+    );
+    assert_eq!(c.ok(&["alarm", "list"]), "");
+    assert!(c.ok(&["defrag"]).matches("Finished defragmenting").count() == 3);
+
+    let snap = c.dir.path().join("snap.db");
+    let out = c.etcdctl_at(
+        &c.members[0].endpoint(),
+        &["snapshot", "save", snap.to_str().expect("path")],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Restore into a new single-member cluster and read the data back.
+    let port = common::free_port();
+    let peer = common::free_port();
+    let dir = c.dir.path().join("restored");
+    let peer_url = format!("http://127.0.0.1:{peer}");
+    let out = Command::new(common::strata_bin())
+        .args([
+            "snapshot",
+            "restore",
+            snap.to_str().expect("path"),
+            "--name",
+            "r1",
+        ])
+        .arg("--data-dir")
+        .arg(&dir)
+        .args(["--initial-cluster", &format!("r1={peer_url}")])
+        .args(["--initial-advertise-peer-urls", &peer_url])
+        .output()
+        .expect("restore");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut child = Command::new(common::strata_bin())
+        .args(["--name", "r1"])
+        .arg("--data-dir")
+        .arg(&dir)
+        .args(["--listen-client-urls", &format!("http://127.0.0.1:{port}")])
+        .args([
+            "--advertise-client-urls",
+            &format!("http://127.0.0.1:{port}"),
+        ])
+        .args(["--listen-peer-urls", &peer_url])
+        .args(["--initial-advertise-peer-urls", &peer_url])
+        .args(["--initial-cluster", &format!("r1={peer_url}")])
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start restored member");
+    let ep = format!("127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let got = loop {
+        let out = c.etcdctl_at(&ep, &["get", "k", "--prefix", "--keys-only", "-w", "json"]);
+        if out.status.success() {
+            break String::from_utf8_lossy(&out.stdout).to_string();
+        }
+        assert!(Instant::now() < deadline, "restored member never served");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(got.contains("\"count\":50"), "{got}");
+
+    // A tampered snapshot is refused.
+    let mut bytes = std::fs::read(&snap).expect("read snapshot");
+    bytes[20] ^= 0xff;
+    let bad = c.dir.path().join("bad.db");
+    std::fs::write(&bad, bytes).expect("write");
+    let out = Command::new(common::strata_bin())
+        .args([
+            "snapshot",
+            "restore",
+            bad.to_str().expect("path"),
+            "--name",
+            "r2",
+        ])
+        .arg("--data-dir")
+        .arg(c.dir.path().join("r2"))
+        .args(["--initial-cluster", "r2=http://127.0.0.1:1"])
+        .args(["--initial-advertise-peer-urls", "http://127.0.0.1:1"])
+        .output()
+        .expect("restore");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("expected sha256"));
+
+    // Graceful shutdown on SIGTERM exits 0.
+    assert!(c.terminate(2).success());
+}
+
+#[test]
+fn members_add_promote_remove_with_a_learner_catching_up() {
+    let mut c = Cluster::start(3);
+    for i in 0..20 {
+        c.ok(&["put", &format!("m{i}"), "x"]);
+    }
+    let name = "m4";
+    let i = c.new_member(name);
+    let peer_url = c.members[i].peer_url();
+    let out = c.ok(&[
+        "member",
+        "add",
+        name,
+        "--learner",
+        &format!("--peer-urls={peer_url}"),
+    ]);
+    assert!(out.contains("added to cluster"), "{out}");
+    c.start_member(i, "existing");
+    let ep = c.members[i].endpoint();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = c.etcdctl_at(
+            &ep,
+            &[
+                "get",
+                "m",
+                "--prefix",
+                "--keys-only",
+                "-w",
+                "json",
+                "--consistency=s",
+            ],
+        );
+        if String::from_utf8_lossy(&out.stdout).contains("\"count\":20") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "learner never caught up");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // A learner refuses linearizable reads, as in etcd.
+    let out = c.etcdctl_at(&ep, &["get", "m1"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("rpc not supported for learner"), "{err}");
+    let list = c.ok(&["member", "list"]);
+    let id = list
+        .lines()
+        .find(|l| l.contains(name))
+        .and_then(|l| l.split(',').next())
+        .expect("new member listed")
+        .to_string();
+    assert!(c.ok(&["member", "promote", &id]).contains("promoted"));
+    assert!(c
+        .ok(&["member", "list"])
+        .lines()
+        .all(|l| l.ends_with("false")));
+    let err = c.fails(&["member", "promote", &id]);
+    assert!(err.contains("can only promote a learner member"), "{err}");
+    assert!(c.ok(&["member", "remove", &id]).contains("removed"));
+    assert_eq!(c.ok(&["member", "list"]).lines().count(), 3);
+    let err = c.fails(&["member", "remove", &id]);
+    assert!(err.contains("member not found"), "{err}");
+}
+
+#[test]
+fn auth_users_roles_and_permissions() {
+    let c = Cluster::start(3);
+    c.ok(&["user", "add", "root:rootpw"]);
+    c.ok(&["role", "add", "root"]);
+    c.ok(&["user", "grant-role", "root", "root"]);
+    c.ok(&["user", "add", "alice:alicepw"]);
+    c.ok(&["role", "add", "app"]);
+    c.ok(&[
+        "role",
+        "grant-permission",
+        "app",
+        "readwrite",
+        "/app/",
+        "--prefix",
+    ]);
+    c.ok(&["user", "grant-role", "alice", "app"]);
+    assert!(c.ok(&["auth", "enable"]).contains("Authentication Enabled"));
+
+    let err = c.fails(&["put", "x", "1"]);
+    assert!(err.contains("etcdserver: user name is empty"), "{err}");
+    assert_eq!(
+        c.ok(&["--user", "alice:alicepw", "put", "/app/a", "1"])
+            .trim(),
+        "OK"
+    );
+    assert_eq!(
+        c.ok(&[
+            "--user",
+            "alice:alicepw",
+            "get",
+            "/app/a",
+            "--print-value-only"
+        ]),
+        "1\n"
+    );
+    let err = c.fails(&["--user", "alice:alicepw", "put", "/other", "1"]);
+    assert!(err.contains("etcdserver: permission denied"), "{err}");
+    let err = c.fails(&["--user", "alice:wrong", "get", "/app/a"]);
+    assert!(
+        err.contains("authentication failed, invalid user ID or password"),
+        "{err}"
+    );
+    let err = c.fails(&["--user", "alice:alicepw", "user", "list"]);
+    assert!(err.contains("permission denied"), "{err}");
+    assert_eq!(
+        c.ok(&["--user", "root:rootpw", "user", "list"]),
+        "alice\nroot\n"
+    );
+    let role = c.ok(&["--user", "root:rootpw", "role", "get", "app"]);
+    assert!(role.contains("[/app/, /app0) (prefix /app/)"), "{role}");
+    let err = c.fails(&["--user", "root:rootpw", "user", "delete", "root"]);
+    assert!(err.contains("invalid auth management"), "{err}");
+    assert!(c
+        .ok(&["--user", "root:rootpw", "auth", "disable"])
+        .contains("Authentication Disabled"));
+    assert_eq!(c.ok(&["put", "x", "1"]).trim(), "OK");
+}
