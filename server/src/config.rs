@@ -360,9 +360,11 @@ impl MemberFlags {
         let join_existing = match self.initial_cluster_state.as_str() {
             "new" => false,
             "existing" => true,
-            other => return Err(format!(
+            other => {
+                return Err(format!(
                 "--initial-cluster-state: unknown state {other:?} (want \"new\" or \"existing\")"
-            )),
+            ))
+            }
         };
         let initial_cluster = self.initial_cluster.clone().unwrap_or_else(|| {
             format!(
