@@ -62,8 +62,11 @@ pub async fn serve(
     max_request_bytes: usize,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let app = grpc_routes(&ctx, max_request_bytes)
+    let grpc = grpc_routes(&ctx, max_request_bytes);
+    let app = grpc
+        .clone()
         .into_axum_router()
+        .merge(crate::gateway::router(grpc, max_request_bytes))
         .merge(plain_routes(ctx.clone()));
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(async move {

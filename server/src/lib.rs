@@ -1,11 +1,13 @@
 //! The Strata node: the driver that runs the engine ([`driver`]), storage ([`storage`]), the
 //! peer transport ([`transport`]), etcd's gRPC services ([`api`]), the client port with the
-//! HTTP/JSON endpoints ([`http`]), the command line ([`config`]) and member start-up
-//! ([`server`]).
+//! HTTP/JSON endpoints ([`http`]) and etcd's JSON gateway ([`gateway`]), the command line
+//! ([`config`]) and member start-up ([`server`]).
 
 pub mod api;
 pub mod config;
 pub mod driver;
+#[cfg(not(madsim))]
+pub mod gateway;
 #[cfg(not(madsim))]
 pub mod http;
 pub mod metrics;

@@ -66,7 +66,7 @@ impl Cluster for ClusterService {
         match self
             .0
             .handle
-            .call(Request::MemberPromote(msg.clone()), super::token(&md))
+            .call(Request::MemberPromote(msg), super::token(&md))
             .await
         {
             Ok(resp) => expect_response!(resp, MemberPromote),

@@ -36,7 +36,7 @@ impl LeaseService {
         match self
             .0
             .handle
-            .call(Request::LeaseKeepAlive(req.clone()), super::token(md))
+            .call(Request::LeaseKeepAlive(req), super::token(md))
             .await
         {
             Ok(Response::LeaseKeepAlive(r)) => Ok(r),
@@ -137,7 +137,7 @@ impl Lease for LeaseService {
         match self
             .0
             .handle
-            .call(Request::LeaseTimeToLive(msg.clone()), super::token(&md))
+            .call(Request::LeaseTimeToLive(msg), super::token(&md))
             .await
         {
             Ok(resp) => expect_response!(resp, LeaseTimeToLive),

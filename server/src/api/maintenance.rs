@@ -114,7 +114,7 @@ impl Maintenance for MaintenanceService {
             .map(|c| {
                 sent += c.len();
                 Ok(SnapshotResponse {
-                    header: Some(header.clone()),
+                    header: Some(header),
                     remaining_bytes: (total - sent) as u64,
                     blob: c.to_vec(),
                     version: ETCD_VERSION.to_string(),
@@ -132,7 +132,7 @@ impl Maintenance for MaintenanceService {
         match self
             .0
             .handle
-            .call(Request::MoveLeader(msg.clone()), super::token(&md))
+            .call(Request::MoveLeader(msg), super::token(&md))
             .await
         {
             Ok(resp) => expect_response!(resp, MoveLeader),

@@ -461,17 +461,20 @@ mod tests {
     use raft::eraftpb::Entry;
 
     fn entry(index: u64, term: u64) -> Entry {
-        let mut e = Entry::default();
-        e.index = index;
-        e.term = term;
-        e.data = vec![index as u8; 8].into();
-        e
+        Entry {
+            index,
+            term,
+            data: vec![index as u8; 8].into(),
+            ..Default::default()
+        }
     }
 
     fn task(number: u64, entries: Vec<Entry>, commit: u64) -> PersistTask {
-        let mut hs = HardState::default();
-        hs.term = 2;
-        hs.commit = commit;
+        let hs = HardState {
+            term: 2,
+            commit,
+            ..Default::default()
+        };
         PersistTask {
             number,
             hard_state: Some(hs),
