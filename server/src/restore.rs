@@ -39,26 +39,6 @@ pub fn verify(file: &[u8], skip_hash_check: bool) -> Result<&[u8], String> {
         .ok_or_else(|| "snapshot file is truncated".to_string())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::api::maintenance::seal_snapshot;
-
-    #[test]
-    fn sealed_snapshots_verify_and_tampering_is_caught() {
-        let file = seal_snapshot(b"hello".to_vec());
-        assert_eq!(file.len() % 512, 32);
-        assert_eq!(verify(&file, false).expect("valid"), b"hello");
-        let mut bad = file.clone();
-        bad[17] ^= 1;
-        assert!(verify(&bad, false)
-            .expect_err("tampered")
-            .contains("expected sha256"));
-        assert_eq!(verify(&bad[..bad.len() - 1], true).map(|_| ()), Ok(()));
-        assert!(verify(b"short", false).is_err());
-    }
-}
-
 pub fn restore(flags: &RestoreFlags) -> Result<String, String> {
     let data_dir = flags
         .data_dir
@@ -135,4 +115,24 @@ pub fn restore(flags: &RestoreFlags) -> Result<String, String> {
         identity.member_id,
         identity.cluster_id
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::maintenance::seal_snapshot;
+
+    #[test]
+    fn sealed_snapshots_verify_and_tampering_is_caught() {
+        let file = seal_snapshot(b"hello".to_vec());
+        assert_eq!(file.len() % 512, 32);
+        assert_eq!(verify(&file, false).expect("valid"), b"hello");
+        let mut bad = file.clone();
+        bad[17] ^= 1;
+        assert!(verify(&bad, false)
+            .expect_err("tampered")
+            .contains("expected sha256"));
+        assert_eq!(verify(&bad[..bad.len() - 1], true).map(|_| ()), Ok(()));
+        assert!(verify(b"short", false).is_err());
+    }
 }
