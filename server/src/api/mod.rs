@@ -5,8 +5,10 @@
 //! once, so a follower gives the same answer the leader would.
 
 pub mod cluster;
+pub mod election;
 pub mod kv;
 pub mod lease;
+pub mod lock;
 pub mod maintenance;
 pub mod watch;
 
