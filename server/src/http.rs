@@ -20,7 +20,9 @@ use crate::api::pb::etcdserverpb::{
     auth_server::AuthServer, cluster_server::ClusterServer, kv_server::KvServer,
     lease_server::LeaseServer, maintenance_server::MaintenanceServer, watch_server::WatchServer,
 };
-use crate::api::{auth, cluster, kv, lease, maintenance, watch as watch_api, Ctx};
+use crate::api::pb::v3electionpb::election_server::ElectionServer;
+use crate::api::pb::v3lockpb::lock_server::LockServer;
+use crate::api::{auth, cluster, election, kv, lease, lock, maintenance, watch as watch_api, Ctx};
 
 /// gRPC framing overhead etcd allows above `--max-request-bytes`.
 const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
@@ -39,6 +41,11 @@ pub fn grpc_routes(ctx: &Ctx, max_request_bytes: usize) -> tonic::service::Route
         )
         .add_service(
             ClusterServer::new(cluster::ClusterService(ctx.clone())).max_decoding_message_size(max),
+        )
+        .add_service(LockServer::new(lock::LockService(ctx.clone())).max_decoding_message_size(max))
+        .add_service(
+            ElectionServer::new(election::ElectionService(ctx.clone()))
+                .max_decoding_message_size(max),
         )
         .add_service(
             AuthServer::new(auth::AuthService {
