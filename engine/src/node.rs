@@ -502,6 +502,11 @@ impl<B: KvBackend> Node<B> {
             .unwrap_or_default()
     }
 
+    /// Watchers registered on this member (etcd's `watcher_total` gauge).
+    pub fn watcher_count(&self) -> usize {
+        self.watch.watcher_count()
+    }
+
     pub fn is_removed(&self) -> bool {
         self.removed
     }

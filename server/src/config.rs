@@ -184,6 +184,8 @@ pub enum AutoCompaction {
 pub struct MemberConfig {
     pub name: String,
     pub data_dir: PathBuf,
+    /// `--wal-dir`, accepted for compatibility and reported as ignored at start.
+    pub wal_dir: Option<PathBuf>,
     pub listen_client: Vec<String>,
     pub advertise_client_urls: Vec<String>,
     pub listen_peer: Vec<String>,
@@ -450,6 +452,7 @@ impl MemberFlags {
         Ok(MemberConfig {
             name: self.name.clone(),
             data_dir,
+            wal_dir: self.wal_dir.clone(),
             listen_client,
             advertise_client_urls,
             listen_peer,

@@ -339,7 +339,7 @@ impl<B: ServerBackend> Driver<B> {
                     Err(e) => return Stopped::Storage(e),
                 },
                 _ = ticker.tick() => inputs.push(Input::Tick),
-                Some(ev) = self.peer_events.recv() => inputs.push(peer_input(ev)),
+                Some(ev) = self.peer_events.recv() => inputs.push(self.peer_input(ev)),
                 Some(cmd) = self.commands.recv() => self.command(cmd, &mut inputs),
             }
             // Drain what is already queued, so a burst costs one step and one log write.
@@ -350,7 +350,7 @@ impl<B: ServerBackend> Driver<B> {
                         Err(e) => return Stopped::Storage(e),
                     }
                 } else if let Ok(ev) = self.peer_events.try_recv() {
-                    inputs.push(peer_input(ev));
+                    inputs.push(self.peer_input(ev));
                 } else if let Ok(cmd) = self.commands.try_recv() {
                     self.command(cmd, &mut inputs);
                 } else {
@@ -360,6 +360,20 @@ impl<B: ServerBackend> Driver<B> {
             if let Err(e) = self.step(inputs) {
                 return e;
             }
+        }
+    }
+
+    fn peer_input(&self, ev: PeerEvent) -> Input {
+        match ev {
+            PeerEvent::Message(m) => Input::Message(m),
+            PeerEvent::Unreachable(id) => {
+                self.shared
+                    .metrics
+                    .peer_sent_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                Input::Unreachable(id)
+            }
+            PeerEvent::SnapshotSent { to, ok } => Input::SnapshotSent { to, ok },
         }
     }
 
@@ -401,10 +415,20 @@ impl<B: ServerBackend> Driver<B> {
         let began = tokio::time::Instant::now();
         self.node.step_batch(now, inputs)?;
         self.shared.metrics.backend_commit.observe(began.elapsed());
+        // A removal stops the node, but only after every other output of the step: the
+        // client that asked for the removal (possibly of this very member) gets its answer.
+        let mut removed = false;
         for output in self.node.take_outputs() {
-            self.execute(output)?;
+            if matches!(output, Output::Removed) {
+                removed = true;
+            } else {
+                self.execute(output)?;
+            }
         }
         self.refresh_view();
+        if removed {
+            return Err(Stopped::Removed);
+        }
         Ok(())
     }
 
@@ -498,6 +522,8 @@ impl<B: ServerBackend> Driver<B> {
             .store(self.pending.len() as u64, Ordering::Relaxed);
         m.revision
             .store(node.revision().0 as u64, Ordering::Relaxed);
+        m.watchers
+            .store(node.watcher_count() as u64, Ordering::Relaxed);
         if changed_members {
             m.db_size
                 .store(sm.backend().size_bytes(), Ordering::Relaxed);
@@ -518,14 +544,6 @@ impl<B: ServerBackend> Driver<B> {
                 self.peers = peers;
             }
         }
-    }
-}
-
-fn peer_input(ev: PeerEvent) -> Input {
-    match ev {
-        PeerEvent::Message(m) => Input::Message(m),
-        PeerEvent::Unreachable(id) => Input::Unreachable(id),
-        PeerEvent::SnapshotSent { to, ok } => Input::SnapshotSent { to, ok },
     }
 }
 

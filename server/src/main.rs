@@ -111,6 +111,10 @@ fn run_member(flags: strata_server::config::MemberFlags) -> ExitCode {
             _ = term.recv() => tracing::info!("received SIGTERM, shutting down"),
             _ = tokio::signal::ctrl_c() => tracing::info!("received SIGINT, shutting down"),
             result = &mut stopped => {
+                // Stop the listeners gracefully and give in-flight answers (such as the
+                // MemberRemove that removed this member) a moment to reach their clients.
+                let _ = stop_tx.send(true);
+                tokio::time::sleep(std::time::Duration::from_millis(300)).await;
                 return match result {
                     Ok(strata_server::driver::Stopped::Removed) => ExitCode::SUCCESS,
                     Ok(e) => { eprintln!("strata: {e}"); ExitCode::FAILURE }

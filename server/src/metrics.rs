@@ -74,7 +74,6 @@ pub struct Metrics {
     pub db_size_in_use: AtomicU64,
     pub revision: AtomicU64,
     pub watchers: AtomicU64,
-    pub slow_watchers: AtomicU64,
     pub wal_fsync: Histogram,
     pub backend_commit: Histogram,
     pub peer_sent_failures: AtomicU64,

@@ -158,6 +158,12 @@ pub async fn start(
     cfg: MemberConfig,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(Member, tokio::task::JoinHandle<Stopped>), StartError> {
+    if let Some(wal_dir) = &cfg.wal_dir {
+        tracing::warn!(
+            wal_dir = %wal_dir.display(),
+            "--wal-dir is ignored: the raft log lives in the data dir's database"
+        );
+    }
     let fresh = !RocksStore::exists(&cfg.data_dir);
     let store = RocksStore::open(&cfg.data_dir, fresh)?;
     let (identity, persisted, known_members) = match identify(&cfg, &store, fresh).await {

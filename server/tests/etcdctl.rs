@@ -8,6 +8,18 @@ use std::time::{Duration, Instant};
 
 use common::Cluster;
 
+/// One gauge from a member's `/metrics`.
+fn metric(url: &str, name: &str) -> u64 {
+    let out = Command::new("curl")
+        .args(["-fs", url])
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or_else(|| panic!("{name} missing from {url}"))
+}
+
 #[test]
 fn kv_txn_watch_compaction() {
     let c = Cluster::start(3);
@@ -66,6 +78,8 @@ fn kv_txn_watch_compaction() {
         .spawn()
         .expect("etcdctl watch");
     std::thread::sleep(Duration::from_millis(800));
+    let watcher_url = format!("{}/metrics", c.members[2].client_url());
+    assert_eq!(metric(&watcher_url, "etcd_debugging_mvcc_watcher_total"), 1);
     c.ok(&["del", "foo"]);
     std::thread::sleep(Duration::from_millis(800));
     let _ = Command::new("kill").arg(watch.id().to_string()).status();
@@ -74,6 +88,12 @@ fn kv_txn_watch_compaction() {
         String::from_utf8_lossy(&out.stdout),
         "PUT\nfoo\nbar\nPUT\nfoo\nbaz\nDELETE\nfoo\n\n"
     );
+    // The client went away: its watcher is dropped on the member.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(&watcher_url, "etcd_debugging_mvcc_watcher_total") != 0 {
+        assert!(Instant::now() < deadline, "watcher outlived its client");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 
     // Compaction, then reads and watches below it are refused with etcd's text.
     assert!(c
@@ -302,21 +322,42 @@ fn members_add_promote_remove_with_a_learner_catching_up() {
     let out = c.etcdctl_at(&ep, &["get", "m1"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("rpc not supported for learner"), "{err}");
-    let list = c.ok(&["member", "list"]);
+    // Membership calls go to the voters: a learner refuses them, as etcd's learners do.
+    let voters = c.members[..3]
+        .iter()
+        .map(|m| m.endpoint())
+        .collect::<Vec<_>>()
+        .join(",");
+    let voters_ok = |args: &[&str]| {
+        let out = c.etcdctl_at(&voters, args);
+        assert!(
+            out.status.success(),
+            "etcdctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let list = voters_ok(&["member", "list"]);
     let id = list
         .lines()
         .find(|l| l.contains(name))
         .and_then(|l| l.split(',').next())
         .expect("new member listed")
         .to_string();
-    assert!(c.ok(&["member", "promote", &id]).contains("promoted"));
+    assert!(voters_ok(&["member", "promote", &id]).contains("promoted"));
     assert!(c
         .ok(&["member", "list"])
         .lines()
         .all(|l| l.ends_with("false")));
     let err = c.fails(&["member", "promote", &id]);
     assert!(err.contains("can only promote a learner member"), "{err}");
-    assert!(c.ok(&["member", "remove", &id]).contains("removed"));
+    // Sent to the member being removed itself: it answers before it stops.
+    let out = c.etcdctl_at(&c.members[3].endpoint(), &["member", "remove", &id]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("removed"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(c.ok(&["member", "list"]).lines().count(), 3);
     let err = c.fails(&["member", "remove", &id]);
     assert!(err.contains("member not found"), "{err}");

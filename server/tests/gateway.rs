@@ -4,8 +4,9 @@
 
 #![cfg(not(madsim))]
 
+mod common;
+
 use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -31,10 +32,7 @@ impl Drop for Member {
     }
 }
 
-fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
-    l.local_addr().expect("local addr").port()
-}
+use common::free_port;
 
 impl Member {
     fn start() -> Member {

@@ -10,8 +10,9 @@
 //! `LOCK_ELECTION_SERVER=/usr/bin/etcd` runs the same tests against etcd itself, to check that
 //! they assert etcd's behaviour (`ETCDCTL` overrides the `etcdctl` binary).
 
+mod common;
+
 use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -92,10 +93,7 @@ struct Member {
     _dir: tempfile::TempDir,
 }
 
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    listener.local_addr().expect("local addr").port()
-}
+use common::free_port;
 
 impl Member {
     async fn start() -> Member {

@@ -215,12 +215,7 @@ impl Auth for AuthService {
                 simple_token: simple_token(),
                 auth_revision: check.auth_revision,
             };
-            match self
-                .ctx
-                .handle
-                .call(Request::Authenticate(login), super::token(&md))
-                .await
-            {
+            match self.ctx.call_raw(Request::Authenticate(login), &md).await {
                 Err(EtcdError::AuthOldRevision) => continue,
                 Err(e) => return Err(status(e)),
                 Ok(resp) => return expect_response!(resp, Authenticate),

@@ -63,12 +63,7 @@ impl Cluster for ClusterService {
         req: Req<MemberPromoteRequest>,
     ) -> Result<Resp<MemberPromoteResponse>, Status> {
         let (md, _, msg) = req.into_parts();
-        match self
-            .0
-            .handle
-            .call(Request::MemberPromote(msg), super::token(&md))
-            .await
-        {
+        match self.0.call_raw(Request::MemberPromote(msg), &md).await {
             Ok(resp) => expect_response!(resp, MemberPromote),
             Err(EtcdError::NotLeader) => {
                 let ch = self.0.leader_channel(&md).await?;

@@ -33,18 +33,13 @@ impl LeaseService {
         md: &MetadataMap,
     ) -> Result<LeaseKeepAliveResponse, Status> {
         let id = req.id;
-        match self
-            .0
-            .handle
-            .call(Request::LeaseKeepAlive(req), super::token(md))
-            .await
-        {
+        match self.0.call_raw(Request::LeaseKeepAlive(req), md).await {
             Ok(Response::LeaseKeepAlive(r)) => Ok(r),
             Ok(other) => Err(Status::internal(format!(
                 "engine answered keep-alive with {other:?}"
             ))),
             Err(EtcdError::LeaseNotFound) => Ok(LeaseKeepAliveResponse {
-                header: Some(self.header()),
+                header: Some(self.0.header()),
                 id,
                 ttl: 0,
             }),
@@ -62,17 +57,6 @@ impl LeaseService {
                 }
             }
             Err(e) => Err(status(e)),
-        }
-    }
-
-    fn header(&self) -> ResponseHeader {
-        let shared = &self.0.handle.shared;
-        let view = shared.view();
-        ResponseHeader {
-            cluster_id: shared.cluster_id,
-            member_id: shared.id.0,
-            revision: view.revision,
-            raft_term: view.term.0,
         }
     }
 }
@@ -134,15 +118,10 @@ impl Lease for LeaseService {
     ) -> Result<Resp<LeaseTimeToLiveResponse>, Status> {
         let (md, _, msg) = req.into_parts();
         let id = msg.id;
-        match self
-            .0
-            .handle
-            .call(Request::LeaseTimeToLive(msg), super::token(&md))
-            .await
-        {
+        match self.0.call_raw(Request::LeaseTimeToLive(msg), &md).await {
             Ok(resp) => expect_response!(resp, LeaseTimeToLive),
             Err(EtcdError::LeaseNotFound) => Ok(Resp::new(LeaseTimeToLiveResponse {
-                header: Some(self.header()),
+                header: Some(self.0.header()),
                 id,
                 ttl: -1,
                 granted_ttl: 0,

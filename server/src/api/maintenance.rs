@@ -28,18 +28,7 @@ pub struct MaintenanceService(pub Ctx);
 
 type SnapshotStream = Pin<Box<dyn Stream<Item = Result<SnapshotResponse, Status>> + Send>>;
 
-impl MaintenanceService {
-    fn header(&self) -> ResponseHeader {
-        let shared = &self.0.handle.shared;
-        let view = shared.view();
-        ResponseHeader {
-            cluster_id: shared.cluster_id,
-            member_id: shared.id.0,
-            revision: view.revision,
-            raft_term: view.term.0,
-        }
-    }
-}
+impl MaintenanceService {}
 
 /// Magic bytes opening a Strata snapshot file.
 pub const SNAPSHOT_MAGIC: &[u8; 8] = b"STRATASN";
@@ -83,7 +72,7 @@ impl Maintenance for MaintenanceService {
             .map_err(status)?
             .map_err(|e| Status::internal(e.to_string()))?;
         Ok(Resp::new(DefragmentResponse {
-            header: Some(self.header()),
+            header: Some(self.0.header()),
         }))
     }
 
@@ -106,7 +95,7 @@ impl Maintenance for MaintenanceService {
             .map_err(status)?
             .map_err(|e| Status::internal(e.to_string()))?;
         let blob = seal_snapshot(body);
-        let header = self.header();
+        let header = self.0.header();
         let total = blob.len();
         let mut sent = 0usize;
         let chunks: Vec<Result<SnapshotResponse, Status>> = blob
@@ -129,12 +118,7 @@ impl Maintenance for MaintenanceService {
         req: Req<MoveLeaderRequest>,
     ) -> Result<Resp<MoveLeaderResponse>, Status> {
         let (md, _, msg) = req.into_parts();
-        match self
-            .0
-            .handle
-            .call(Request::MoveLeader(msg), super::token(&md))
-            .await
-        {
+        match self.0.call_raw(Request::MoveLeader(msg), &md).await {
             Ok(resp) => expect_response!(resp, MoveLeader),
             Err(EtcdError::NotLeader) => {
                 let ch = self.0.leader_channel(&md).await?;

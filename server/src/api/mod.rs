@@ -16,6 +16,7 @@ pub mod watch;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use strata_engine::proto::etcdserverpb::ResponseHeader;
 use strata_engine::request::{Request, Response};
 use strata_engine::{EtcdError, GrpcCode};
 use tonic::metadata::MetadataMap;
@@ -77,10 +78,32 @@ impl Ctx {
     }
 
     pub async fn call(&self, request: Request, md: &MetadataMap) -> Result<Response, Status> {
+        self.call_raw(request, md).await.map_err(status)
+    }
+
+    /// [`Ctx::call`] keeping the engine's error, for handlers that react to it (forward on
+    /// `NotLeader`, etcd's TTL answers for an unknown lease...).
+    pub async fn call_raw(
+        &self,
+        request: Request,
+        md: &MetadataMap,
+    ) -> Result<Response, EtcdError> {
         if self.is_learner() && !learner_serves(&request) {
-            return Err(status(EtcdError::NotSupportedForLearner));
+            return Err(EtcdError::NotSupportedForLearner);
         }
-        self.handle.call(request, token(md)).await.map_err(status)
+        self.handle.call(request, token(md)).await
+    }
+
+    /// A response header from this member's current view, for answers built here.
+    pub fn header(&self) -> ResponseHeader {
+        let shared = &self.handle.shared;
+        let view = shared.view();
+        ResponseHeader {
+            cluster_id: shared.cluster_id,
+            member_id: shared.id.0,
+            revision: view.revision,
+            raft_term: view.term.0,
+        }
     }
 
     /// Whether this member is a learner (it serves only `Status` and serializable reads, and

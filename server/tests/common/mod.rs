@@ -45,12 +45,23 @@ pub struct Cluster {
     pub token: String,
 }
 
-/// A port nobody listens on right now.
+/// A port nobody listens on right now, taken below Linux's ephemeral range (32768+) so the
+/// outgoing connections of other processes cannot grab it between this check and the member's
+/// bind. Each test process starts at its own offset and never hands a port out twice.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind an ephemeral port")
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let base = 10_000 + (std::process::id() % 200) * 100;
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (base + n % 20_000) as u16;
+        if port >= 32_000 {
+            continue;
+        }
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 pub fn strata_bin() -> &'static str {
