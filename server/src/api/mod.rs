@@ -20,7 +20,7 @@ use strata_engine::proto::etcdserverpb::ResponseHeader;
 use strata_engine::request::{Request, Response};
 use strata_engine::{EtcdError, GrpcCode};
 use tonic::metadata::MetadataMap;
-use tonic::transport::Channel;
+use tonic::transport::{Channel, Endpoint};
 use tonic::Status;
 
 use crate::driver::Handle;
@@ -142,7 +142,7 @@ impl Ctx {
         if let Some(ch) = channels.get(&url) {
             return Ok(ch.clone());
         }
-        let endpoint = Channel::from_shared(url.clone())
+        let endpoint = Endpoint::from_shared(url.clone())
             .map_err(|e| Status::unavailable(format!("leader URL {url}: {e}")))?;
         let ch = endpoint.connect_lazy();
         channels.insert(url, ch.clone());

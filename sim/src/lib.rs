@@ -1,0 +1,9 @@
+//! `strata-sim`: whole Strata clusters in one process under madsim.
+//!
+//! - [`history`]: what a run observed; [`check`]: the checkers that judge it. Both are plain
+//!   Rust (no madsim), unit-tested in the normal build.
+//! - The runner, the fault disk and the nemesis exist only in the madsim build
+//!   (`RUSTFLAGS="--cfg madsim"`, see `ci/sim.sh`).
+
+pub mod check;
+pub mod history;
