@@ -81,6 +81,9 @@ pub struct Config {
     pub seed: u64,
     /// How long an auth token stays valid after its last use (etcd's `--auth-token-ttl`).
     pub auth_token_ttl_secs: u64,
+    /// Keep `(index, term, crc64(data))` of every applied entry for
+    /// [`Node::take_applied_record`] (the simulator's state-machine-safety checker).
+    pub record_applied: bool,
 }
 
 impl Config {
@@ -96,6 +99,7 @@ impl Config {
             limits: Limits::default(),
             seed,
             auth_token_ttl_secs: DEFAULT_TOKEN_TTL_SECS,
+            record_applied: false,
         }
     }
 
@@ -365,7 +369,21 @@ pub struct Node<B: KvBackend> {
     publish: Option<MemberAttributes>,
     removed: bool,
     outputs: Vec<Output>,
+    /// Applied entries, when `config.record_applied`.
+    applied_record: Vec<AppliedEntry>,
 }
+
+/// One applied log entry, as the simulator's checkers see it: two nodes that applied
+/// different entries at one index (a lost or rewritten commit) differ here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AppliedEntry {
+    pub index: LogIndex,
+    pub term: Term,
+    /// CRC-64 of the entry's data and context.
+    pub digest: u64,
+}
+
+static ENTRY_DIGEST: crc::Crc<u64> = crc::Crc::<u64>::new(&crc::CRC_64_ECMA_182);
 
 fn discard_logger() -> slog::Logger {
     slog::Logger::root(slog::Discard, slog::o!())
@@ -433,6 +451,7 @@ impl<B: KvBackend> Node<B> {
             publish: None,
             removed: false,
             outputs: Vec::new(),
+            applied_record: Vec::new(),
         };
         node.rearm_election_timeout();
         node.last_term = node.raw.raft.term;
@@ -514,6 +533,11 @@ impl<B: KvBackend> Node<B> {
     /// Stops the node, handing back its backend (a crash, as far as volatile state goes).
     pub fn into_backend(self) -> B {
         self.sm.into_backend()
+    }
+
+    /// Entries applied since the last call (empty unless `config.record_applied`).
+    pub fn take_applied_record(&mut self) -> Vec<AppliedEntry> {
+        std::mem::take(&mut self.applied_record)
     }
 
     pub fn take_outputs(&mut self) -> Vec<Output> {
@@ -899,6 +923,16 @@ impl<B: KvBackend> Node<B> {
                 continue; // already in the backend before a restart
             }
             let applied = self.sm.apply(entry, self.now_ms)?;
+            if self.config.record_applied {
+                let mut digest = ENTRY_DIGEST.digest();
+                digest.update(&entry.data);
+                digest.update(&entry.context);
+                self.applied_record.push(AppliedEntry {
+                    index: LogIndex(entry.index),
+                    term: Term(entry.term),
+                    digest: digest.finalize(),
+                });
+            }
             self.on_applied(applied, &mut events)?;
         }
         self.sm.commit()?;

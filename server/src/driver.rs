@@ -25,7 +25,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use strata_engine::auth::PasswordCheck;
-use strata_engine::node::{Config, PersistTask, PersistedLog};
+use strata_engine::node::{AppliedEntry, Config, PersistTask, PersistedLog};
 use strata_engine::proto::etcdserverpb::WatchResponse;
 use strata_engine::proto::strata::internal::MemberRecord;
 use strata_engine::request::{Request, Response};
@@ -35,6 +35,7 @@ use strata_engine::{
 };
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::clock::{LocalTime, NodeClock};
 use crate::metrics::Metrics;
 use crate::storage::{LogStorage, StorageError};
 use crate::transport::{PeerEvent, Transport};
@@ -46,6 +47,24 @@ const MAX_BATCH: usize = 4096;
 pub trait ServerBackend: KvBackend + Send + 'static {
     fn defragment(&self) -> Result<(), BackendError>;
 }
+
+/// What the driver reports of its node to an [`Observer`] (the simulator's checkers).
+#[derive(Clone, Debug)]
+pub enum Observation {
+    /// Term or leadership changed.
+    State {
+        term: Term,
+        leader: Option<NodeId>,
+        is_leader: bool,
+    },
+    /// An entry was applied (in log order).
+    Applied(AppliedEntry),
+    /// The commit index moved.
+    Committed(LogIndex),
+}
+
+/// Receives [`Observation`]s synchronously from the driver loop; must not block.
+pub type Observer = Arc<dyn Fn(Observation) + Send + Sync>;
 
 /// What a client-facing task asks of the driver.
 pub enum Command {
@@ -224,6 +243,10 @@ pub struct Parts<B: ServerBackend, L: LogStorage> {
     pub initial_peers: BTreeMap<NodeId, Vec<String>>,
     pub peer_events: mpsc::UnboundedReceiver<PeerEvent>,
     pub shutdown: watch::Receiver<bool>,
+    /// This node's clock (exact in production; skewed by the simulator).
+    pub clock: NodeClock,
+    /// Who hears of term, commit and apply progress (the simulator; `None` in production).
+    pub observer: Option<Observer>,
 }
 
 pub struct Driver<B: ServerBackend> {
@@ -238,7 +261,8 @@ pub struct Driver<B: ServerBackend> {
     pending: HashMap<RequestId, oneshot::Sender<Result<Response, EtcdError>>>,
     watch_streams: HashMap<StreamId, mpsc::UnboundedSender<WatchResponse>>,
     next_request: u64,
-    start: tokio::time::Instant,
+    time: LocalTime,
+    observer: Option<Observer>,
     peers: BTreeMap<NodeId, Vec<String>>,
     name: String,
     client_urls: Vec<String>,
@@ -259,8 +283,12 @@ impl<B: ServerBackend> Driver<B> {
             initial_peers,
             peer_events,
             shutdown,
+            clock,
+            observer,
         } = parts;
         transport.set_peers(initial_peers.clone());
+        let mut config = config;
+        config.record_applied = observer.is_some();
         let node = Node::open(config.clone(), backend, persisted)?;
         let (commands_tx, commands) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
@@ -287,7 +315,8 @@ impl<B: ServerBackend> Driver<B> {
             pending: HashMap::new(),
             watch_streams: HashMap::new(),
             next_request: 1,
-            start: tokio::time::Instant::now(),
+            time: LocalTime::new(clock),
+            observer,
             peers: initial_peers,
             name,
             client_urls,
@@ -300,8 +329,16 @@ impl<B: ServerBackend> Driver<B> {
         Ok((driver, handle))
     }
 
-    fn now_ms(&self) -> u64 {
-        self.start.elapsed().as_millis() as u64
+    fn now_ms(&mut self) -> u64 {
+        self.time.now_ms()
+    }
+
+    fn ticker(&self) -> (tokio::time::Interval, i64) {
+        let clock = self.time.clock();
+        let period = clock.real_duration(Duration::from_millis(self.shared.config.tick_ms));
+        let mut ticker = tokio::time::interval(period);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        (ticker, clock.drift_ppm())
     }
 
     /// Runs until shutdown, removal or a fatal error.
@@ -319,9 +356,8 @@ impl<B: ServerBackend> Driver<B> {
     }
 
     async fn run_inner(&mut self) -> Stopped {
-        let tick = Duration::from_millis(self.shared.config.tick_ms);
-        let mut ticker = tokio::time::interval(tick);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Ticks come at this node's pace: a drifting clock re-arms the ticker.
+        let (mut ticker, mut ticker_ppm) = self.ticker();
         let publish = Input::Publish {
             name: self.name.clone(),
             client_urls: self.client_urls.clone(),
@@ -338,7 +374,13 @@ impl<B: ServerBackend> Driver<B> {
                     Ok(number) => inputs.push(Input::Persisted { number }),
                     Err(e) => return Stopped::Storage(e),
                 },
-                _ = ticker.tick() => inputs.push(Input::Tick),
+                _ = ticker.tick() => {
+                    inputs.push(Input::Tick);
+                    if self.time.clock().drift_ppm() != ticker_ppm {
+                        (ticker, ticker_ppm) = self.ticker();
+                        ticker.reset();
+                    }
+                }
                 Some(ev) = self.peer_events.recv() => inputs.push(self.peer_input(ev)),
                 Some(cmd) = self.commands.recv() => self.command(cmd, &mut inputs),
             }
@@ -459,10 +501,9 @@ impl<B: ServerBackend> Driver<B> {
                 };
                 if gone {
                     self.watch_streams.remove(&out.stream);
-                    self.node.step(
-                        self.now_ms(),
-                        Input::WatchStreamClosed { stream: out.stream },
-                    )?;
+                    let now = self.now_ms();
+                    self.node
+                        .step(now, Input::WatchStreamClosed { stream: out.stream })?;
                 }
             }
             Output::LeaderChanged { leader, term } => {
@@ -486,6 +527,7 @@ impl<B: ServerBackend> Driver<B> {
     /// Publishes the node's state for readers outside the loop, and keeps the transport's
     /// peers in step with the member list.
     fn refresh_view(&mut self) {
+        let applied_entries = self.node.take_applied_record();
         let node = &self.node;
         let sm = node.state_machine();
         let applied = node.applied_index();
@@ -493,6 +535,21 @@ impl<B: ServerBackend> Driver<B> {
         {
             let mut view = self.shared.view.write().expect("view lock");
             changed_members = view.applied != applied || view.members.is_empty();
+            if let Some(observer) = &self.observer {
+                if view.term != node.term() || view.leader != node.leader() {
+                    observer(Observation::State {
+                        term: node.term(),
+                        leader: node.leader(),
+                        is_leader: node.is_leader(),
+                    });
+                }
+                for entry in applied_entries {
+                    observer(Observation::Applied(entry));
+                }
+                if view.commit != node.commit_index() {
+                    observer(Observation::Committed(node.commit_index()));
+                }
+            }
             view.leader = node.leader();
             view.term = node.term();
             view.applied = applied;

@@ -4,6 +4,7 @@
 //! ([`config`]) and member start-up ([`server`]).
 
 pub mod api;
+pub mod clock;
 pub mod config;
 pub mod driver;
 #[cfg(not(madsim))]

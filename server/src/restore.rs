@@ -93,7 +93,7 @@ pub fn restore(flags: &RestoreFlags) -> Result<String, String> {
             .replace_all(records)
             .map_err(|e| e.to_string())?;
         let log = bootstrap_log(&members);
-        let task = crate::server::bootstrap_task(&log);
+        let task = crate::storage::bootstrap_task(&log);
         let mut raft_log = store.log();
         tokio::runtime::Builder::new_current_thread()
             .build()

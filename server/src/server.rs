@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use strata_engine::node::{bootstrap_log, Config, PersistTask, PersistedLog};
+use strata_engine::node::{bootstrap_log, Config, PersistedLog};
 use strata_engine::proto::etcdserverpb::CompactionRequest;
 use strata_engine::proto::strata::internal::MemberRecord;
 use strata_engine::request::{Request, Response};
@@ -48,17 +48,6 @@ async fn bind(url: &str) -> Result<TcpListener, StartError> {
 pub struct Member {
     pub handle: Handle,
     pub client_addrs: Vec<SocketAddr>,
-}
-
-/// The persist task writing a bootstrap log (hard state and conf-change entries).
-pub fn bootstrap_task(log: &PersistedLog) -> PersistTask {
-    PersistTask {
-        number: 0,
-        hard_state: Some(log.hard_state.clone()),
-        entries: log.entries.clone(),
-        snapshot: None,
-        must_sync: true,
-    }
 }
 
 /// Who this member is and what log it starts from.
@@ -112,7 +101,10 @@ async fn identify(
         };
         // The bootstrap entries are the start of this member's log: durable before anything.
         let log = bootstrap_log(&cfg.initial_members);
-        store.log().persist(vec![bootstrap_task(&log)]).await?;
+        store
+            .log()
+            .persist(vec![crate::storage::bootstrap_task(&log)])
+            .await?;
         store.claim(identity)?;
         return Ok((identity, log, cfg.initial_members.clone()));
     }
@@ -212,6 +204,8 @@ pub async fn start(
             .collect(),
         peer_events: peer_rx,
         shutdown: shutdown.clone(),
+        clock: crate::clock::NodeClock::default(),
+        observer: None,
     })?;
 
     for url in &cfg.listen_peer {

@@ -7,3 +7,19 @@
 
 pub mod check;
 pub mod history;
+pub mod scenario;
+
+#[cfg(madsim)]
+pub mod cli;
+#[cfg(madsim)]
+pub mod client;
+#[cfg(madsim)]
+pub mod cluster;
+#[cfg(madsim)]
+pub mod disk;
+#[cfg(madsim)]
+pub mod nemesis;
+#[cfg(madsim)]
+pub mod recorder;
+#[cfg(madsim)]
+pub mod run;

@@ -67,6 +67,17 @@ pub trait LogStorage: Send + 'static {
     ) -> impl Future<Output = Result<(), StorageError>> + Send;
 }
 
+/// The persist task writing a bootstrap log (hard state and conf-change entries).
+pub fn bootstrap_task(log: &PersistedLog) -> PersistTask {
+    PersistTask {
+        number: 0,
+        hard_state: Some(log.hard_state.clone()),
+        entries: log.entries.clone(),
+        snapshot: None,
+        must_sync: true,
+    }
+}
+
 /// Reads back a persisted log's pieces in the order the driver needs them at start.
 pub fn check_contiguous(path: &str, log: &PersistedLog) -> Result<(), StorageError> {
     let mut expect = log.compacted.0 .0 + 1;

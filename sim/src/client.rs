@@ -1,0 +1,766 @@
+//! Simulated etcd clients: each runs on its own madsim node and calls the members' real gRPC
+//! services (madsim-tonic), recording every operation's invoke, completion and outcome, and
+//! every watch response, in the run's [`Recorder`].
+//!
+//! - Workload clients draw operations from the scenario's mix over a few hot keys. Every put
+//!   writes a value no other op writes (`c{client}-{seq}`), so reads name the write they saw.
+//! - Each client holds a lease, keeps it alive every ttl/3 (one keep-alive stream request per
+//!   renewal) and may abandon it to let it expire.
+//! - A client whose member fails it moves to the next member (as etcd's clients balance).
+//! - Watchers watch every workload key from revision 1 with `prev_kv`, and resume after a
+//!   break from the revision after the last one they saw, as etcd's clients do.
+//!
+//! Outcome rule: an answer is `Ok`; an error etcd guarantees changed nothing is `Failed`;
+//! anything else (timeouts, transport errors, "request timed out", "leader changed") is
+//! `Unknown`: the op may have happened.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use madsim::rand::Rng;
+use strata_engine::proto::etcdserverpb::watch_request::RequestUnion;
+use strata_engine::proto::etcdserverpb::{
+    compare, request_op, response_op, Compare as PbCompare, DeleteRangeRequest, HashKvRequest,
+    LeaseGrantRequest, LeaseKeepAliveRequest, PutRequest, RangeRequest, RequestOp, TxnRequest,
+    WatchCreateRequest, WatchProgressRequest, WatchRequest,
+};
+use strata_engine::proto::mvccpb::{self, KeyValue};
+use strata_server::api::pb::etcdserverpb::{
+    kv_client::KvClient, lease_client::LeaseClient, maintenance_client::MaintenanceClient,
+    watch_client::WatchClient,
+};
+use tonic::transport::{Channel, Endpoint};
+
+use crate::cluster::client_url;
+use crate::history::{
+    Call, Compare, Event, EventKind, Kv, NodeIx, Op, Outcome, Reply, TxnOp, TxnResult, Watch,
+    WatchEnd, WatchResponse,
+};
+use crate::recorder::Recorder;
+use crate::scenario::Workload;
+
+/// Errors after which etcd guarantees the request changed nothing.
+const DEFINITE: &[&str] = &[
+    "etcdserver: mvcc: required revision has been compacted",
+    "etcdserver: mvcc: required revision is a future revision",
+    "etcdserver: requested lease not found",
+    "etcdserver: too many operations in txn request",
+    "etcdserver: request is too large",
+    "etcdserver: duplicate key given in txn request",
+    "etcdserver: rpc not supported for learner",
+    "etcdserver: mvcc: database space exceeded",
+];
+
+pub fn key(i: u32) -> Vec<u8> {
+    format!("key/{i}").into_bytes()
+}
+
+/// `[KEYS_START, KEYS_END)` covers every workload key.
+pub const KEYS_START: &[u8] = b"key/";
+pub const KEYS_END: &[u8] = b"key0";
+
+fn channel(ix: NodeIx) -> Channel {
+    Endpoint::from_shared(client_url(ix))
+        .expect("member URL parses")
+        .connect_lazy()
+}
+
+fn kv(k: KeyValue) -> Kv {
+    Kv {
+        key: k.key,
+        value: k.value,
+        create_revision: k.create_revision,
+        mod_revision: k.mod_revision,
+        version: k.version,
+        lease: k.lease,
+    }
+}
+
+fn classify(status: &tonic::Status) -> Outcome {
+    let msg = status.message();
+    if DEFINITE.contains(&msg) {
+        Outcome::Failed(msg.to_string())
+    } else {
+        Outcome::Unknown(format!("{:?}: {msg}", status.code()))
+    }
+}
+
+fn revision(h: &Option<strata_engine::proto::etcdserverpb::ResponseHeader>) -> i64 {
+    h.as_ref().map(|h| h.revision).unwrap_or(0)
+}
+
+/// Connections to every member, by index.
+struct Conns {
+    kv: BTreeMap<NodeIx, KvClient<Channel>>,
+    lease: BTreeMap<NodeIx, LeaseClient<Channel>>,
+}
+
+impl Conns {
+    fn new() -> Conns {
+        Conns {
+            kv: BTreeMap::new(),
+            lease: BTreeMap::new(),
+        }
+    }
+
+    fn kv(&mut self, ix: NodeIx) -> KvClient<Channel> {
+        self.kv
+            .entry(ix)
+            .or_insert_with(|| KvClient::new(channel(ix)))
+            .clone()
+    }
+
+    fn lease(&mut self, ix: NodeIx) -> LeaseClient<Channel> {
+        self.lease
+            .entry(ix)
+            .or_insert_with(|| LeaseClient::new(channel(ix)))
+            .clone()
+    }
+}
+
+/// Runs one call against member `ix`, with the workload's timeout.
+async fn execute(conns: &mut Conns, ix: NodeIx, call: &Call, timeout: Duration) -> Outcome {
+    let answer = tokio::time::timeout(timeout, send(conns, ix, call)).await;
+    match answer {
+        Ok(Ok(reply)) => Outcome::Ok(reply),
+        Ok(Err(status)) => classify(&status),
+        Err(_) => Outcome::Unknown(format!("no answer within {timeout:?}")),
+    }
+}
+
+fn request_op(op: &TxnOp) -> RequestOp {
+    let request = match op {
+        TxnOp::Get { key } => request_op::Request::RequestRange(RangeRequest {
+            key: key.clone(),
+            ..Default::default()
+        }),
+        TxnOp::Put { key, value, lease } => request_op::Request::RequestPut(PutRequest {
+            key: key.clone(),
+            value: value.clone(),
+            lease: *lease,
+            ..Default::default()
+        }),
+        TxnOp::Delete { key } => request_op::Request::RequestDeleteRange(DeleteRangeRequest {
+            key: key.clone(),
+            ..Default::default()
+        }),
+    };
+    RequestOp {
+        request: Some(request),
+    }
+}
+
+fn compare_pb(c: &Compare) -> PbCompare {
+    match c {
+        Compare::ModRevision { key, revision } => PbCompare {
+            result: compare::CompareResult::Equal as i32,
+            target: compare::CompareTarget::Mod as i32,
+            key: key.clone(),
+            range_end: vec![],
+            target_union: Some(compare::TargetUnion::ModRevision(*revision)),
+        },
+        Compare::Value { key, value } => PbCompare {
+            result: compare::CompareResult::Equal as i32,
+            target: compare::CompareTarget::Value as i32,
+            key: key.clone(),
+            range_end: vec![],
+            target_union: Some(compare::TargetUnion::Value(value.clone())),
+        },
+    }
+}
+
+async fn send(conns: &mut Conns, ix: NodeIx, call: &Call) -> Result<Reply, tonic::Status> {
+    match call {
+        Call::Get {
+            key,
+            revision: rev,
+            serializable,
+        } => {
+            let r = conns
+                .kv(ix)
+                .range(RangeRequest {
+                    key: key.clone(),
+                    revision: *rev,
+                    serializable: *serializable,
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            Ok(Reply::Get {
+                revision: revision(&r.header),
+                kvs: r.kvs.into_iter().map(kv).collect(),
+            })
+        }
+        Call::Range {
+            start,
+            end,
+            revision: rev,
+            serializable,
+        } => {
+            let r = conns
+                .kv(ix)
+                .range(RangeRequest {
+                    key: start.clone(),
+                    range_end: end.clone(),
+                    revision: *rev,
+                    serializable: *serializable,
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            Ok(Reply::Get {
+                revision: revision(&r.header),
+                kvs: r.kvs.into_iter().map(kv).collect(),
+            })
+        }
+        Call::Put {
+            key,
+            value,
+            lease,
+            prev_kv,
+        } => {
+            let r = conns
+                .kv(ix)
+                .put(PutRequest {
+                    key: key.clone(),
+                    value: value.clone(),
+                    lease: *lease,
+                    prev_kv: *prev_kv,
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            Ok(Reply::Put {
+                revision: revision(&r.header),
+                prev: r.prev_kv.map(kv),
+            })
+        }
+        Call::Delete { key, prev_kv } => {
+            let r = conns
+                .kv(ix)
+                .delete_range(DeleteRangeRequest {
+                    key: key.clone(),
+                    prev_kv: *prev_kv,
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            Ok(Reply::Delete {
+                revision: revision(&r.header),
+                deleted: r.deleted,
+                prev: r.prev_kvs.into_iter().map(kv).collect(),
+            })
+        }
+        Call::Txn {
+            compares,
+            success,
+            failure,
+        } => {
+            let r = conns
+                .kv(ix)
+                .txn(TxnRequest {
+                    compare: compares.iter().map(compare_pb).collect(),
+                    success: success.iter().map(request_op).collect(),
+                    failure: failure.iter().map(request_op).collect(),
+                })
+                .await?
+                .into_inner();
+            let results = r
+                .responses
+                .into_iter()
+                .map(|op| match op.response {
+                    Some(response_op::Response::ResponseRange(g)) => TxnResult::Get {
+                        kvs: g.kvs.into_iter().map(kv).collect(),
+                    },
+                    Some(response_op::Response::ResponsePut(p)) => TxnResult::Put {
+                        prev: p.prev_kv.map(kv),
+                    },
+                    Some(response_op::Response::ResponseDeleteRange(d)) => TxnResult::Delete {
+                        deleted: d.deleted,
+                        prev: d.prev_kvs.into_iter().map(kv).collect(),
+                    },
+                    _ => TxnResult::Get { kvs: vec![] },
+                })
+                .collect();
+            Ok(Reply::Txn {
+                revision: revision(&r.header),
+                succeeded: r.succeeded,
+                results,
+            })
+        }
+        Call::LeaseGrant { id, ttl_secs } => {
+            let r = conns
+                .lease(ix)
+                .lease_grant(LeaseGrantRequest {
+                    ttl: *ttl_secs,
+                    id: *id,
+                })
+                .await?
+                .into_inner();
+            Ok(Reply::LeaseGrant {
+                revision: revision(&r.header),
+                ttl_secs: r.ttl,
+            })
+        }
+        Call::LeaseRevoke { id } => {
+            let r = conns
+                .lease(ix)
+                .lease_revoke(strata_engine::proto::etcdserverpb::LeaseRevokeRequest { id: *id })
+                .await?
+                .into_inner();
+            Ok(Reply::LeaseRevoke {
+                revision: revision(&r.header),
+            })
+        }
+        Call::LeaseKeepAlive { id } => {
+            let req = LeaseKeepAliveRequest { id: *id };
+            let mut stream = conns
+                .lease(ix)
+                .lease_keep_alive(futures::stream::iter(vec![req]))
+                .await?
+                .into_inner();
+            match stream.message().await? {
+                Some(r) => Ok(Reply::LeaseKeepAlive { ttl_secs: r.ttl }),
+                None => Err(tonic::Status::unavailable("keep-alive stream closed")),
+            }
+        }
+        Call::Compact { revision: rev } => {
+            let r = conns
+                .kv(ix)
+                .compact(strata_engine::proto::etcdserverpb::CompactionRequest {
+                    revision: *rev,
+                    physical: false,
+                })
+                .await?
+                .into_inner();
+            Ok(Reply::Compact {
+                revision: revision(&r.header),
+            })
+        }
+    }
+}
+
+/// Who a workload client is and how long it runs.
+pub struct ClientPlan {
+    pub id: u32,
+    pub members: u32,
+    pub workload: Workload,
+    pub stop_at: tokio::time::Instant,
+    pub recorder: Recorder,
+}
+
+struct ClientState {
+    plan: ClientPlan,
+    conns: Conns,
+    member: NodeIx,
+    seq: u64,
+    lease: i64,
+    lease_renewed: Option<tokio::time::Instant>,
+    lease_abandoned: Option<tokio::time::Instant>,
+}
+
+impl ClientState {
+    /// Runs `call` against the client's member and records it; moves to the next member if
+    /// the answer was not a success.
+    async fn run(&mut self, call: Call) -> Outcome {
+        let rec = &self.plan.recorder;
+        let id = rec.next_op_id();
+        let invoke = rec.now();
+        let node = self.member;
+        let outcome = execute(&mut self.conns, node, &call, self.plan.workload.timeout.0).await;
+        let complete = rec.now();
+        if !matches!(outcome, Outcome::Ok(_)) {
+            self.member = (self.member + 1) % self.plan.members;
+        }
+        rec.op(Op {
+            id,
+            client: self.plan.id,
+            node,
+            call,
+            invoke,
+            complete,
+            outcome: outcome.clone(),
+        });
+        outcome
+    }
+
+    fn value(&mut self) -> Vec<u8> {
+        self.seq += 1;
+        format!("c{}-{}", self.plan.id, self.seq).into_bytes()
+    }
+
+    fn random_key(&self) -> Vec<u8> {
+        key(madsim::rand::thread_rng().gen_range(0..self.plan.workload.keys))
+    }
+
+    async fn grant_lease(&mut self) {
+        // Lease ids are chosen by the client so an unknown-outcome grant still names its lease.
+        let id = (self.plan.id as i64 + 1) << 32 | (self.seq as i64 & 0xffff_ffff);
+        self.seq += 1;
+        let ttl_secs = self.plan.workload.lease_ttl_secs;
+        let out = self.run(Call::LeaseGrant { id, ttl_secs }).await;
+        if matches!(out, Outcome::Ok(_)) {
+            self.lease = id;
+            self.lease_renewed = Some(tokio::time::Instant::now());
+            self.lease_abandoned = None;
+        }
+    }
+
+    async fn tend_lease(&mut self) {
+        let now = tokio::time::Instant::now();
+        let ttl = Duration::from_secs(self.plan.workload.lease_ttl_secs as u64);
+        if let Some(since) = self.lease_abandoned {
+            if now - since > ttl * 2 {
+                self.grant_lease().await;
+            }
+            return;
+        }
+        if self.lease == 0 {
+            self.grant_lease().await;
+            return;
+        }
+        let due = self
+            .lease_renewed
+            .map(|t| now - t >= ttl / 3)
+            .unwrap_or(true);
+        if !due {
+            return;
+        }
+        if madsim::rand::thread_rng().gen_bool(self.plan.workload.lease_abandon) {
+            self.lease_abandoned = Some(now);
+            self.plan.recorder.log(format!(
+                "client {} abandons lease {:x}",
+                self.plan.id, self.lease
+            ));
+            return;
+        }
+        let out = self.run(Call::LeaseKeepAlive { id: self.lease }).await;
+        match out {
+            Outcome::Ok(Reply::LeaseKeepAlive { ttl_secs: 0 }) => self.grant_lease().await,
+            Outcome::Ok(_) => self.lease_renewed = Some(now),
+            _ => {}
+        }
+    }
+
+    async fn one_op(&mut self) {
+        let mix = &self.plan.workload.mix;
+        let weights = [
+            mix.get,
+            mix.serializable_get,
+            mix.put,
+            mix.delete,
+            mix.cas,
+            mix.multi_put,
+            mix.range,
+            mix.lease_put,
+        ];
+        let total: u32 = weights.iter().sum();
+        if total == 0 {
+            return;
+        }
+        let mut pick = madsim::rand::thread_rng().gen_range(0..total);
+        let mut which = 0;
+        for (i, w) in weights.iter().enumerate() {
+            if pick < *w {
+                which = i;
+                break;
+            }
+            pick -= w;
+        }
+        let key = self.random_key();
+        match which {
+            0 | 1 => {
+                self.run(Call::Get {
+                    key,
+                    revision: 0,
+                    serializable: which == 1,
+                })
+                .await;
+            }
+            2 => {
+                let value = self.value();
+                self.run(Call::Put {
+                    key,
+                    value,
+                    lease: 0,
+                    prev_kv: true,
+                })
+                .await;
+            }
+            3 => {
+                self.run(Call::Delete { key, prev_kv: true }).await;
+            }
+            4 => {
+                let seen = self
+                    .run(Call::Get {
+                        key: key.clone(),
+                        revision: 0,
+                        serializable: false,
+                    })
+                    .await;
+                let Outcome::Ok(Reply::Get { kvs, .. }) = seen else {
+                    return;
+                };
+                let rev = kvs.first().map(|k| k.mod_revision).unwrap_or(0);
+                let value = self.value();
+                self.run(Call::Txn {
+                    compares: vec![Compare::ModRevision {
+                        key: key.clone(),
+                        revision: rev,
+                    }],
+                    success: vec![TxnOp::Put {
+                        key: key.clone(),
+                        value,
+                        lease: 0,
+                    }],
+                    failure: vec![TxnOp::Get { key }],
+                })
+                .await;
+            }
+            5 => {
+                let other = self.random_key();
+                if other == key {
+                    return;
+                }
+                let (v1, v2) = (self.value(), self.value());
+                self.run(Call::Txn {
+                    compares: vec![],
+                    success: vec![
+                        TxnOp::Put {
+                            key,
+                            value: v1,
+                            lease: 0,
+                        },
+                        TxnOp::Put {
+                            key: other,
+                            value: v2,
+                            lease: 0,
+                        },
+                    ],
+                    failure: vec![],
+                })
+                .await;
+            }
+            6 => {
+                self.run(Call::Range {
+                    start: KEYS_START.to_vec(),
+                    end: KEYS_END.to_vec(),
+                    revision: 0,
+                    serializable: false,
+                })
+                .await;
+            }
+            _ => {
+                if self.lease == 0 {
+                    return;
+                }
+                let value = self.value();
+                self.run(Call::Put {
+                    key,
+                    value,
+                    lease: self.lease,
+                    prev_kv: false,
+                })
+                .await;
+            }
+        }
+    }
+}
+
+/// A workload client: operations until `stop_at`.
+pub async fn client_main(plan: ClientPlan) {
+    let member = plan.id % plan.members;
+    let mut st = ClientState {
+        conns: Conns::new(),
+        member,
+        seq: 0,
+        lease: 0,
+        lease_renewed: None,
+        lease_abandoned: None,
+        plan,
+    };
+    let uses_leases = st.plan.workload.mix.lease_put > 0;
+    while tokio::time::Instant::now() < st.plan.stop_at {
+        if uses_leases {
+            st.tend_lease().await;
+        }
+        st.one_op().await;
+        let think = st.plan.workload.think.0;
+        if !think.is_zero() {
+            let jitter = madsim::rand::thread_rng().gen_range(0..=think.as_micros() as u64);
+            tokio::time::sleep(Duration::from_micros(jitter)).await;
+        }
+    }
+}
+
+fn event(e: mvccpb::Event) -> Event {
+    let kind = if e.r#type == mvccpb::event::EventType::Delete as i32 {
+        EventKind::Delete
+    } else {
+        EventKind::Put
+    };
+    Event {
+        kind,
+        kv: kv(e.kv.unwrap_or_default()),
+        prev: e.prev_kv.map(kv),
+    }
+}
+
+pub struct WatcherPlan {
+    pub id: u32,
+    pub members: u32,
+    pub prev_kv: bool,
+    pub filter_deletes: bool,
+    pub silence: Duration,
+    pub stop_at: tokio::time::Instant,
+    pub recorder: Recorder,
+}
+
+/// A watcher over every workload key, resumed after every break.
+pub async fn watcher_main(plan: WatcherPlan) {
+    let rec = plan.recorder.clone();
+    let mut member = plan.id % plan.members;
+    let mut next_rev = 1;
+    while tokio::time::Instant::now() < plan.stop_at {
+        let mut watch = Watch {
+            id: rec.next_op_id(),
+            client: 1000 + plan.id,
+            node: member,
+            start: KEYS_START.to_vec(),
+            end: KEYS_END.to_vec(),
+            start_revision: next_rev,
+            prev_kv: plan.prev_kv,
+            filter_puts: false,
+            filter_deletes: plan.filter_deletes,
+            progress_notify: false,
+            invoke: rec.now(),
+            created_revision: None,
+            responses: vec![],
+            end_state: WatchEnd::Open,
+        };
+        watch.end_state = watch_once(&plan, &mut watch).await;
+        if let Some(last) = watch
+            .responses
+            .iter()
+            .flat_map(|r| r.events.iter())
+            .map(|e| e.kv.mod_revision)
+            .max()
+        {
+            next_rev = last + 1;
+        }
+        if let Some(c) = watch.responses.iter().map(|r| r.compact_revision).max() {
+            if c > next_rev {
+                next_rev = c;
+            }
+        }
+        rec.watch(watch);
+        member = (member + 1) % plan.members;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn watch_once(plan: &WatcherPlan, watch: &mut Watch) -> WatchEnd {
+    let rec = &plan.recorder;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<WatchRequest>();
+    let requests =
+        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
+    let filters = if watch.filter_deletes {
+        vec![strata_engine::proto::etcdserverpb::watch_create_request::FilterType::Nodelete as i32]
+    } else {
+        vec![]
+    };
+    let create = WatchRequest {
+        request_union: Some(RequestUnion::CreateRequest(WatchCreateRequest {
+            key: watch.start.clone(),
+            range_end: watch.end.clone(),
+            start_revision: watch.start_revision,
+            prev_kv: watch.prev_kv,
+            filters,
+            ..Default::default()
+        })),
+    };
+    let _ = tx.send(create);
+    let mut client = WatchClient::new(channel(watch.node));
+    let opened = tokio::time::timeout(plan.silence, client.watch(requests)).await;
+    let mut stream = match opened {
+        Ok(Ok(s)) => s.into_inner(),
+        Ok(Err(status)) => return WatchEnd::Broken(status.message().to_string()),
+        Err(_) => return WatchEnd::Broken("no answer to the watch call".into()),
+    };
+    let mut asked_progress = false;
+    loop {
+        let remaining = plan
+            .stop_at
+            .saturating_duration_since(tokio::time::Instant::now());
+        if remaining.is_zero() {
+            return WatchEnd::Open;
+        }
+        let wait = plan.silence.min(remaining);
+        match tokio::time::timeout(wait, stream.message()).await {
+            Ok(Ok(Some(r))) => {
+                asked_progress = false;
+                let at = rec.now();
+                let header_revision = revision(&r.header);
+                if r.created {
+                    watch.created_revision = Some(header_revision);
+                    if !r.canceled {
+                        continue;
+                    }
+                }
+                let progress = r.events.is_empty() && !r.canceled && !r.created;
+                watch.responses.push(WatchResponse {
+                    at,
+                    header_revision,
+                    events: r.events.into_iter().map(event).collect(),
+                    compact_revision: r.compact_revision,
+                    canceled: r.canceled,
+                    progress,
+                });
+                if r.canceled {
+                    return WatchEnd::Canceled;
+                }
+            }
+            Ok(Ok(None)) => return WatchEnd::Broken("stream ended".into()),
+            Ok(Err(status)) => return WatchEnd::Broken(status.message().to_string()),
+            Err(_) if remaining <= plan.silence => return WatchEnd::Open,
+            Err(_) if !asked_progress => {
+                // Quiet: ask where the watch stands; a live member answers at once.
+                asked_progress = true;
+                let _ = tx.send(WatchRequest {
+                    request_union: Some(RequestUnion::ProgressRequest(WatchProgressRequest {})),
+                });
+            }
+            Err(_) => return WatchEnd::Broken("no progress answer".into()),
+        }
+    }
+}
+
+/// A fault-free read of every workload key from member `ix` (serializable: what it holds).
+pub async fn final_read(ix: NodeIx, timeout: Duration) -> Option<(i64, Vec<Kv>)> {
+    let mut client = KvClient::new(channel(ix));
+    let r = tokio::time::timeout(
+        timeout,
+        client.range(RangeRequest {
+            key: KEYS_START.to_vec(),
+            range_end: KEYS_END.to_vec(),
+            serializable: true,
+            ..Default::default()
+        }),
+    )
+    .await
+    .ok()?
+    .ok()?
+    .into_inner();
+    Some((revision(&r.header), r.kvs.into_iter().map(kv).collect()))
+}
+
+/// `HashKV` of member `ix` at `rev`.
+pub async fn hash_kv(ix: NodeIx, rev: i64, timeout: Duration) -> Option<(i64, u32)> {
+    let mut client = MaintenanceClient::new(channel(ix));
+    let r = tokio::time::timeout(timeout, client.hash_kv(HashKvRequest { revision: rev }))
+        .await
+        .ok()?
+        .ok()?
+        .into_inner();
+    Some((r.hash_revision, r.hash))
+}

@@ -1,0 +1,676 @@
+//! Scenario files: the readable description of one simulated run, minus its seed.
+//!
+//! A scenario is TOML. It opens with a comment paragraph (the story: which property, why it
+//! matters, which bug class it guards), then names the cluster's shape, the workload, a
+//! timeline of faults and the time bounds the checkers hold the cluster to. Every field has a
+//! default, so a scenario states only what it is about. See `scenarios/README.md` for the
+//! full reference.
+//!
+//! ```toml
+//! name = "leader-isolated"
+//! duration = "20s"          # faults and workload; then the run heals, quiesces and checks
+//! [cluster]
+//! voters = 3
+//! [workload]
+//! clients = 4
+//! [[fault]]
+//! at = "5s"
+//! kind = "isolate"
+//! node = "leader"
+//! [[fault]]
+//! at = "12s"
+//! kind = "heal"
+//! ```
+//!
+//! Invariants: [`Scenario::validate`] accepts only scenarios the runner can execute (node
+//! indexes within the cluster, times within the duration, rates within [0, 1]); a parse or
+//! validation error names the field.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ScenarioError {
+    #[error("{path}: {source}")]
+    Parse {
+        path: String,
+        source: Box<toml::de::Error>,
+    },
+    #[error("{path}: {reason}")]
+    Invalid { path: String, reason: String },
+    #[error("{path}: {reason}")]
+    Io { path: String, reason: String },
+}
+
+/// A duration written as `"250ms"`, `"5s"`, `"1.5s"` or `"2m"`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct Span(pub Duration);
+
+impl Span {
+    pub fn ms(ms: u64) -> Span {
+        Span(Duration::from_millis(ms))
+    }
+
+    pub fn as_nanos(self) -> u64 {
+        self.0.as_nanos() as u64
+    }
+}
+
+impl std::fmt::Display for Span {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ms = self.0.as_millis();
+        if ms % 1000 == 0 {
+            write!(f, "{}s", ms / 1000)
+        } else {
+            write!(f, "{ms}ms")
+        }
+    }
+}
+
+impl std::str::FromStr for Span {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Span, String> {
+        let s = s.trim();
+        let (num, unit) = match s.find(|c: char| c.is_ascii_alphabetic()) {
+            Some(i) => s.split_at(i),
+            None => return Err(format!("duration {s:?} needs a unit (ms, s, m)")),
+        };
+        let n: f64 = num
+            .trim()
+            .parse()
+            .map_err(|_| format!("duration {s:?}: {num:?} is not a number"))?;
+        if !(n.is_finite() && n >= 0.0) {
+            return Err(format!("duration {s:?} must be a non-negative number"));
+        }
+        let ms = match unit {
+            "ms" => n,
+            "s" => n * 1000.0,
+            "m" => n * 60_000.0,
+            _ => return Err(format!("duration {s:?}: unknown unit {unit:?} (ms, s, m)")),
+        };
+        Ok(Span(Duration::from_micros((ms * 1000.0).round() as u64)))
+    }
+}
+
+impl Serialize for Span {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for Span {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Span, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Which member a fault targets: its index (0-based, in start order) or a role resolved when
+/// the fault fires.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    Index(u32),
+    /// The member the majority currently follows (none: the fault is skipped and logged).
+    Leader,
+    /// A member that is not the leader, chosen by the run's seed.
+    Follower,
+    /// Any member, chosen by the run's seed.
+    Random,
+}
+
+impl Serialize for Target {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Target::Index(i) => s.serialize_u32(*i),
+            Target::Leader => s.serialize_str("leader"),
+            Target::Follower => s.serialize_str("follower"),
+            Target::Random => s.serialize_str("random"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Target {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Target, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Index(u32),
+            Name(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Index(i) => Ok(Target::Index(i)),
+            Raw::Name(n) => match n.as_str() {
+                "leader" => Ok(Target::Leader),
+                "follower" => Ok(Target::Follower),
+                "random" => Ok(Target::Random),
+                other => Err(serde::de::Error::custom(format!(
+                    "node {other:?}: expected an index, \"leader\", \"follower\" or \"random\""
+                ))),
+            },
+        }
+    }
+}
+
+/// How a crash treats writes that were not yet fsynced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum CrashDisk {
+    /// Every unsynced write is lost.
+    #[default]
+    LoseUnsynced,
+    /// A prefix of the unsynced writes reached the disk; the last of them is torn (its
+    /// checksum fails), as a power cut mid-write leaves a log.
+    TornTail,
+    /// Unsynced writes survive (a process crash with the OS still up).
+    KeepUnsynced,
+}
+
+/// One event of the timeline.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Fault {
+    /// Cut the network between groups (both directions); members in no group keep every link.
+    Partition {
+        groups: Vec<Vec<u32>>,
+    },
+    /// Cut one member from everyone (both directions).
+    Isolate {
+        node: Target,
+    },
+    /// Drop traffic from `from` to `to` only.
+    OneWay {
+        from: Vec<u32>,
+        to: Vec<u32>,
+    },
+    /// Repair every network fault (partitions, isolation, one-way cuts, loss, latency).
+    Heal,
+    /// Each peer/client message is lost with this probability (TCP then retransmits: the
+    /// stream stalls and backs off, as madsim models it).
+    Loss {
+        rate: f64,
+    },
+    /// Per-message latency drawn uniformly from [min, max].
+    Latency {
+        min: Span,
+        max: Span,
+    },
+    /// SIGKILL: the process dies; unsynced writes are treated per `disk`.
+    Kill {
+        node: Target,
+        #[serde(default)]
+        disk: CrashDisk,
+    },
+    /// Start a killed member again from its disk.
+    Restart {
+        node: Target,
+    },
+    /// SIGSTOP / SIGCONT.
+    Pause {
+        node: Target,
+    },
+    Resume {
+        node: Target,
+    },
+    /// The member's next fsync fails (the node must stop, never limp on).
+    FsyncError {
+        node: Target,
+    },
+    /// Every write and fsync of the member takes this long from now on (0 undoes).
+    SlowDisk {
+        node: Target,
+        fsync: Span,
+    },
+    /// Flip one bit in a durable raft log record of a stopped or running member: its
+    /// checksum must catch it at the next start.
+    Bitrot {
+        node: Target,
+    },
+    /// The member's clock runs fast (positive) or slow (negative), in parts per million.
+    ClockDrift {
+        node: Target,
+        ppm: i64,
+    },
+    /// The member's clock jumps forward (a paused VM resumed).
+    ClockJump {
+        node: Target,
+        by: Span,
+    },
+    /// `member add --learner` of a fresh member, started at once.
+    AddLearner,
+    /// `member promote` of the newest learner.
+    Promote,
+    /// `member remove` of a member; it is stopped.
+    Remove {
+        node: Target,
+    },
+    /// `move-leader` to a member.
+    TransferLeader {
+        to: Target,
+    },
+    /// Compact at the revision current minus `keep`.
+    Compact {
+        #[serde(default)]
+        keep: i64,
+    },
+    /// Defragment a member's backend.
+    Defrag {
+        node: Target,
+    },
+}
+
+impl Fault {
+    /// The kind's name, as in scenario files.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Fault::Partition { .. } => "partition",
+            Fault::Isolate { .. } => "isolate",
+            Fault::OneWay { .. } => "one-way",
+            Fault::Heal => "heal",
+            Fault::Loss { .. } => "loss",
+            Fault::Latency { .. } => "latency",
+            Fault::Kill { .. } => "kill",
+            Fault::Restart { .. } => "restart",
+            Fault::Pause { .. } => "pause",
+            Fault::Resume { .. } => "resume",
+            Fault::FsyncError { .. } => "fsync-error",
+            Fault::SlowDisk { .. } => "slow-disk",
+            Fault::Bitrot { .. } => "bitrot",
+            Fault::ClockDrift { .. } => "clock-drift",
+            Fault::ClockJump { .. } => "clock-jump",
+            Fault::AddLearner => "add-learner",
+            Fault::Promote => "promote",
+            Fault::Remove { .. } => "remove",
+            Fault::TransferLeader { .. } => "transfer-leader",
+            Fault::Compact { .. } => "compact",
+            Fault::Defrag { .. } => "defrag",
+        }
+    }
+
+    fn indexes(&self) -> Vec<u32> {
+        let target = |t: &Target| match t {
+            Target::Index(i) => vec![*i],
+            _ => vec![],
+        };
+        match self {
+            Fault::Partition { groups } => groups.iter().flatten().copied().collect(),
+            Fault::OneWay { from, to } => from.iter().chain(to).copied().collect(),
+            Fault::Isolate { node }
+            | Fault::Kill { node, .. }
+            | Fault::Restart { node }
+            | Fault::Pause { node }
+            | Fault::Resume { node }
+            | Fault::FsyncError { node }
+            | Fault::SlowDisk { node, .. }
+            | Fault::Bitrot { node }
+            | Fault::ClockDrift { node, .. }
+            | Fault::ClockJump { node, .. }
+            | Fault::Remove { node }
+            | Fault::Defrag { node } => target(node),
+            Fault::TransferLeader { to } => target(to),
+            _ => vec![],
+        }
+    }
+}
+
+/// A fault at a point of the run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Timed {
+    pub at: Span,
+    #[serde(flatten)]
+    pub fault: Fault,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Cluster {
+    /// Voting members at bootstrap (1–7).
+    pub voters: u32,
+    /// Learners added (and started) right after bootstrap.
+    pub learners: u32,
+    /// etcd's `--heartbeat-interval`.
+    pub heartbeat: Span,
+    /// etcd's `--election-timeout`.
+    pub election_timeout: Span,
+    /// etcd's `--snapshot-count` (small values make followers catch up by snapshot).
+    pub snapshot_count: u64,
+}
+
+impl Default for Cluster {
+    fn default() -> Cluster {
+        Cluster {
+            voters: 3,
+            learners: 0,
+            heartbeat: Span::ms(100),
+            election_timeout: Span::ms(1000),
+            snapshot_count: 10_000,
+        }
+    }
+}
+
+/// Relative weights of the operations clients issue.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Mix {
+    pub get: u32,
+    pub serializable_get: u32,
+    pub put: u32,
+    pub delete: u32,
+    /// Compare-and-swap on one key (txn: mod_revision compare, put on success, get on
+    /// failure).
+    pub cas: u32,
+    /// A txn writing two keys at once.
+    pub multi_put: u32,
+    /// A range read over every workload key.
+    pub range: u32,
+    /// A put attached to the client's lease (granted and kept alive by the client).
+    pub lease_put: u32,
+}
+
+impl Default for Mix {
+    fn default() -> Mix {
+        Mix {
+            get: 30,
+            serializable_get: 5,
+            put: 30,
+            delete: 5,
+            cas: 15,
+            multi_put: 5,
+            range: 5,
+            lease_put: 5,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Workload {
+    /// Concurrent clients; each sends to one member (round robin) and moves to another when
+    /// its member fails it.
+    pub clients: u32,
+    /// Hot keys the clients share.
+    pub keys: u32,
+    /// Pause between one client's operations.
+    pub think: Span,
+    /// Give up on an answer after this long (the op's outcome is then unknown).
+    pub timeout: Span,
+    pub mix: Mix,
+    /// Watchers over every workload key; a broken watch is re-created from the next revision
+    /// it has not seen.
+    pub watchers: u32,
+    /// Watchers ask for `prev_kv` (and, every other one, filter out deletes).
+    pub watch_prev_kv: bool,
+    /// TTL of the clients' leases; each client keeps its lease alive every ttl/3 and, with
+    /// probability `lease_abandon`, stops doing so to let it expire.
+    pub lease_ttl_secs: i64,
+    pub lease_abandon: f64,
+}
+
+impl Default for Workload {
+    fn default() -> Workload {
+        Workload {
+            clients: 4,
+            keys: 4,
+            think: Span::ms(20),
+            timeout: Span::ms(3000),
+            mix: Mix::default(),
+            watchers: 2,
+            watch_prev_kv: true,
+            lease_ttl_secs: 5,
+            lease_abandon: 0.0,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Checks {
+    /// After the end of the timeline every fault is healed; a leader and an acknowledged
+    /// write must follow within this.
+    pub liveness: Span,
+    /// Quiet time after healing before the final reads and hashes.
+    pub settle: Span,
+}
+
+impl Default for Checks {
+    fn default() -> Checks {
+        Checks {
+            liveness: Span::ms(15_000),
+            settle: Span::ms(5_000),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    pub name: String,
+    /// Length of the workload and timeline.
+    #[serde(default = "default_duration")]
+    pub duration: Span,
+    #[serde(default)]
+    pub cluster: Cluster,
+    #[serde(default)]
+    pub workload: Workload,
+    #[serde(default, rename = "fault")]
+    pub faults: Vec<Timed>,
+    #[serde(default)]
+    pub checks: Checks,
+    /// Seeds CI runs this scenario with (besides any random batch).
+    #[serde(default = "default_seeds")]
+    pub seeds: Vec<u64>,
+    /// The story paragraph (the leading comment), kept for printing and shrinking.
+    #[serde(skip)]
+    pub story: String,
+}
+
+fn default_duration() -> Span {
+    Span::ms(20_000)
+}
+
+fn default_seeds() -> Vec<u64> {
+    vec![1, 2, 3]
+}
+
+impl Scenario {
+    pub fn parse(path: &str, text: &str) -> Result<Scenario, ScenarioError> {
+        let mut s: Scenario = toml::from_str(text).map_err(|e| ScenarioError::Parse {
+            path: path.to_string(),
+            source: Box::new(e),
+        })?;
+        s.story = text
+            .lines()
+            .take_while(|l| l.starts_with('#') || l.trim().is_empty())
+            .map(|l| l.trim_start_matches('#').trim_start_matches(' '))
+            .collect::<Vec<_>>()
+            .join("\n")
+            .trim()
+            .to_string();
+        s.faults.sort_by_key(|t| t.at);
+        s.validate().map_err(|reason| ScenarioError::Invalid {
+            path: path.to_string(),
+            reason,
+        })?;
+        Ok(s)
+    }
+
+    pub fn load(path: &str) -> Result<Scenario, ScenarioError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ScenarioError::Io {
+            path: path.to_string(),
+            reason: e.to_string(),
+        })?;
+        Scenario::parse(path, &text)
+    }
+
+    /// Members that can exist in this run: voters, initial learners, and one per
+    /// `add-learner` fault.
+    pub fn max_members(&self) -> u32 {
+        self.cluster.voters
+            + self.cluster.learners
+            + self
+                .faults
+                .iter()
+                .filter(|t| matches!(t.fault, Fault::AddLearner))
+                .count() as u32
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        let c = &self.cluster;
+        if !(1..=7).contains(&c.voters) {
+            return Err(format!("cluster.voters = {}: must be 1 to 7", c.voters));
+        }
+        if c.voters + c.learners > 9 {
+            return Err("cluster: at most 9 members (voters + learners)".into());
+        }
+        if c.heartbeat.0.is_zero() || c.election_timeout < c.heartbeat * 5 {
+            return Err(
+                "cluster: election_timeout must be at least 5 × heartbeat (etcd's rule)".into(),
+            );
+        }
+        if self.workload.clients == 0 && !self.faults.is_empty() {
+            // Allowed: a fault-only run still has raft and liveness checks.
+        }
+        if self.workload.keys == 0 {
+            return Err("workload.keys must be at least 1".into());
+        }
+        if self.workload.timeout.0.is_zero() {
+            return Err("workload.timeout must be positive".into());
+        }
+        if !(0.0..=1.0).contains(&self.workload.lease_abandon) {
+            return Err("workload.lease_abandon must be within [0, 1]".into());
+        }
+        if self.workload.lease_ttl_secs < 1 {
+            return Err("workload.lease_ttl_secs must be at least 1".into());
+        }
+        let n = self.max_members();
+        for (i, t) in self.faults.iter().enumerate() {
+            if t.at > self.duration {
+                return Err(format!(
+                    "fault {i} ({}) at {} is after the duration {}",
+                    t.fault.kind(),
+                    t.at,
+                    self.duration
+                ));
+            }
+            if let Some(bad) = t.fault.indexes().into_iter().find(|&ix| ix >= n) {
+                return Err(format!(
+                    "fault {i} ({}) names member {bad}, but the run has {n} (0-based)",
+                    t.fault.kind()
+                ));
+            }
+            match &t.fault {
+                Fault::Loss { rate } if !(0.0..=1.0).contains(rate) => {
+                    return Err(format!(
+                        "fault {i} (loss): rate {rate} is not within [0, 1]"
+                    ))
+                }
+                Fault::Latency { min, max } if min > max => {
+                    return Err(format!("fault {i} (latency): min {min} > max {max}"))
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// The scenario as a file: story comment, then TOML.
+    pub fn to_file(&self) -> String {
+        let mut out = String::new();
+        for line in self.story.lines() {
+            if line.is_empty() {
+                out.push_str("#\n");
+            } else {
+                out.push_str(&format!("# {line}\n"));
+            }
+        }
+        out.push('\n');
+        out.push_str(&toml::to_string(self).expect("a scenario serializes"));
+        out
+    }
+}
+
+impl std::ops::Mul<u32> for Span {
+    type Output = Span;
+    fn mul(self, n: u32) -> Span {
+        Span(self.0 * n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = r#"# Story line one.
+# Story line two.
+
+name = "example"
+duration = "10s"
+
+[cluster]
+voters = 5
+
+[[fault]]
+at = "2s"
+kind = "partition"
+groups = [[0, 1], [2, 3, 4]]
+
+[[fault]]
+at = "1s"
+kind = "kill"
+node = "leader"
+disk = "torn-tail"
+
+[[fault]]
+at = "8s"
+kind = "heal"
+"#;
+
+    #[test]
+    fn parses_and_sorts_the_timeline() {
+        let s = Scenario::parse("example.toml", EXAMPLE).unwrap();
+        assert_eq!(s.cluster.voters, 5);
+        assert_eq!(s.story, "Story line one.\nStory line two.");
+        assert_eq!(s.faults[0].at, Span::ms(1000));
+        assert_eq!(
+            s.faults[0].fault,
+            Fault::Kill {
+                node: Target::Leader,
+                disk: CrashDisk::TornTail
+            }
+        );
+        assert_eq!(s.faults[2].fault, Fault::Heal);
+    }
+
+    #[test]
+    fn round_trips_through_a_file() {
+        let s = Scenario::parse("example.toml", EXAMPLE).unwrap();
+        let again = Scenario::parse("again.toml", &s.to_file()).unwrap();
+        assert_eq!(s, again);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let bad = EXAMPLE.replace("voters = 5", "voters = 2");
+        let e = Scenario::parse("x.toml", &bad).unwrap_err().to_string();
+        assert!(e.contains("names member 2, but the run has 2"), "{e}");
+        let bad = EXAMPLE.replace("\"torn-tail\"", "\"melted\"");
+        let e = Scenario::parse("x.toml", &bad).unwrap_err().to_string();
+        assert!(e.contains("melted"), "{e}");
+        let bad = EXAMPLE.replace("\"2s\"", "\"2 parsecs\"");
+        let e = Scenario::parse("x.toml", &bad).unwrap_err().to_string();
+        assert!(e.contains("unknown unit"), "{e}");
+        let bad = EXAMPLE.replace("at = \"8s\"", "at = \"80s\"");
+        let e = Scenario::parse("x.toml", &bad).unwrap_err().to_string();
+        assert!(e.contains("after the duration"), "{e}");
+    }
+
+    #[test]
+    fn spans_parse() {
+        assert_eq!("250ms".parse::<Span>().unwrap(), Span::ms(250));
+        assert_eq!("1.5s".parse::<Span>().unwrap(), Span::ms(1500));
+        assert_eq!("2m".parse::<Span>().unwrap(), Span::ms(120_000));
+        assert!("5".parse::<Span>().is_err());
+        assert!("-1s".parse::<Span>().is_err());
+    }
+}
