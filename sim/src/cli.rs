@@ -26,6 +26,41 @@ enum Command {
         #[arg(long)]
         trace: bool,
     },
+    /// Draw a scenario from each seed and run it (`--seeds A..B`).
+    Swarm {
+        #[arg(long, default_value = "1..100")]
+        seeds: String,
+        /// Print the scenario a seed draws instead of running it.
+        #[arg(long)]
+        print: bool,
+    },
+    /// The CI batch: every scenario file with its listed seeds, then a random swarm batch.
+    Ci {
+        #[arg(long, default_value = "scenarios")]
+        scenarios: String,
+        /// Random swarm seeds to run after the scenarios.
+        #[arg(long, default_value_t = 50)]
+        random: u64,
+        /// First random seed (default: drawn from the clock, and printed).
+        #[arg(long)]
+        random_base: Option<u64>,
+    },
+    /// Reduce a failing run to a minimal scenario that still fails the same checker.
+    Shrink {
+        /// A scenario file, or `swarm:N` for the scenario swarm seed N draws.
+        scenario: String,
+        #[arg(long)]
+        seed: u64,
+        /// Where to write the minimal scenario (default: next to the traces).
+        #[arg(long)]
+        out: Option<String>,
+    },
+    /// Run a seed twice and compare trace hashes (determinism).
+    Determinism {
+        scenario: String,
+        #[arg(long, default_value = "1")]
+        seed: u64,
+    },
 }
 
 /// `A`, or `A..B` (inclusive).
@@ -76,15 +111,181 @@ pub fn summary_line(r: &RunReport) -> String {
     )
 }
 
+fn load(scenario: &str) -> Result<Scenario, String> {
+    match scenario.strip_prefix("swarm:") {
+        Some(n) => n
+            .parse()
+            .map(crate::swarm::scenario)
+            .map_err(|_| format!("{scenario}: expected swarm:N")),
+        None => Scenario::load(scenario).map_err(|e| e.to_string()),
+    }
+}
+
+/// Runs one (scenario, seed); prints its line, and on failure its violations, trace path and
+/// replay command. Returns the report.
+fn run_and_report(s: &Scenario, source: &str, seed: u64, trace: bool) -> RunReport {
+    let r = run(s, seed);
+    println!("{}", summary_line(&r));
+    if !r.passed() || trace {
+        if let Some(p) = write_trace(&r) {
+            println!("  trace: {p}");
+        }
+    }
+    if !r.passed() {
+        for v in &r.violations {
+            println!("  [{}] {}", v.checker, v.message);
+        }
+        println!("  replay: strata-sim run {source} --seed {seed}");
+        println!("  shrink: strata-sim shrink {source} --seed {seed}");
+    }
+    r
+}
+
+/// Totals over many runs.
+#[derive(Default)]
+struct Tally {
+    runs: u64,
+    failed: Vec<(String, u64, &'static str)>,
+    simulated: std::time::Duration,
+    wall: std::time::Duration,
+    ops: u64,
+    by_checker: std::collections::BTreeMap<&'static str, u64>,
+}
+
+impl Tally {
+    fn add(&mut self, r: &RunReport, source: &str) {
+        self.runs += 1;
+        self.simulated += r.simulated;
+        self.wall += r.wall;
+        self.ops += r.ops as u64;
+        if let Some(v) = r.violations.first() {
+            self.failed.push((source.to_string(), r.seed, v.checker));
+            for v in &r.violations {
+                *self.by_checker.entry(v.checker).or_default() += 1;
+            }
+        }
+    }
+
+    fn print(&self) {
+        let speed = self.simulated.as_secs_f64() / self.wall.as_secs_f64().max(1e-9);
+        let per_hour = self.runs as f64 * 3600.0 / self.wall.as_secs_f64().max(1e-9);
+        println!();
+        println!("| runs | passed | failed | simulated | wall | speed | seeds/core-hour | ops |");
+        println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
+        println!(
+            "| {} | {} | {} | {:.0} s | {:.1} s | {:.0}× | {:.0} | {} |",
+            self.runs,
+            self.runs - self.failed.len() as u64,
+            self.failed.len(),
+            self.simulated.as_secs_f64(),
+            self.wall.as_secs_f64(),
+            speed,
+            per_hour,
+            self.ops
+        );
+        if !self.by_checker.is_empty() {
+            println!();
+            println!("| checker | violations |");
+            println!("|---|---:|");
+            for (c, n) in &self.by_checker {
+                println!("| {c} | {n} |");
+            }
+            println!();
+            println!("failed runs (replay each with the command shown):");
+            for (src, seed, checker) in &self.failed {
+                println!("  strata-sim run {src} --seed {seed}    # {checker}");
+            }
+        }
+    }
+}
+
+fn progress(done: u64, total: u64, failed: usize) {
+    let width = 30;
+    let filled = (done * width / total.max(1)) as usize;
+    eprint!(
+        "\r[{}{}] {done}/{total} runs, {failed} failed ",
+        "#".repeat(filled),
+        ".".repeat(width as usize - filled)
+    );
+    if done == total {
+        eprintln!();
+    }
+}
+
 pub fn main() -> i32 {
     let cli = Cli::parse();
     match cli.command {
+        Command::Swarm { seeds, print } => {
+            let seeds = match parse_seeds(&seeds) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return 2;
+                }
+            };
+            let mut tally = Tally::default();
+            let total = seeds.len() as u64;
+            for (i, seed) in seeds.into_iter().enumerate() {
+                let s = crate::swarm::scenario(seed);
+                if print {
+                    println!("{}", s.to_file());
+                    continue;
+                }
+                let r = run_and_report(&s, &format!("swarm:{seed}"), seed, false);
+                tally.add(&r, &format!("swarm:{seed}"));
+                progress(i as u64 + 1, total, tally.failed.len());
+            }
+            if print {
+                return 0;
+            }
+            tally.print();
+            i32::from(!tally.failed.is_empty())
+        }
+        Command::Ci {
+            scenarios,
+            random,
+            random_base,
+        } => ci(&scenarios, random, random_base),
+        Command::Shrink {
+            scenario,
+            seed,
+            out,
+        } => match load(&scenario) {
+            Ok(s) => crate::shrink::shrink_cli(&s, &scenario, seed, out),
+            Err(e) => {
+                eprintln!("{e}");
+                2
+            }
+        },
+        Command::Determinism { scenario, seed } => {
+            let s = match load(&scenario) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return 2;
+                }
+            };
+            let a = run(&s, seed);
+            let b = run(&s, seed);
+            println!(
+                "{} seed {seed}: trace {:016x} then {:016x}: {}",
+                s.name,
+                a.trace_hash,
+                b.trace_hash,
+                if a.trace_hash == b.trace_hash {
+                    "deterministic"
+                } else {
+                    "DIFFERENT"
+                }
+            );
+            i32::from(a.trace_hash != b.trace_hash)
+        }
         Command::Run {
             scenario,
             seed,
             trace,
         } => {
-            let s = match Scenario::load(&scenario) {
+            let s = match load(&scenario) {
                 Ok(s) => s,
                 Err(e) => {
                     eprintln!("{e}");
@@ -100,22 +301,57 @@ pub fn main() -> i32 {
             };
             let mut failed = 0;
             for seed in seeds {
-                let r = run(&s, seed);
-                println!("{}", summary_line(&r));
-                if !r.passed() || trace {
-                    if let Some(p) = write_trace(&r) {
-                        println!("  trace: {p}");
-                    }
-                }
-                if !r.passed() {
+                if !run_and_report(&s, &scenario, seed, trace).passed() {
                     failed += 1;
-                    for v in &r.violations {
-                        println!("  [{}] {}", v.checker, v.message);
-                    }
-                    println!("  replay: strata-sim run {scenario} --seed {seed}");
                 }
             }
             i32::from(failed > 0)
         }
     }
+}
+
+fn ci(dir: &str, random: u64, random_base: Option<u64>) -> i32 {
+    let mut files: Vec<String> = match std::fs::read_dir(dir) {
+        Ok(rd) => rd
+            .filter_map(|e| e.ok())
+            .map(|e| e.path().display().to_string())
+            .filter(|p| p.ends_with(".toml"))
+            .collect(),
+        Err(e) => {
+            eprintln!("{dir}: {e}");
+            return 2;
+        }
+    };
+    files.sort();
+    let mut tally = Tally::default();
+    for f in &files {
+        let s = match Scenario::load(f) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("{e}");
+                return 2;
+            }
+        };
+        for &seed in &s.seeds {
+            let r = run_and_report(&s, f, seed, false);
+            tally.add(&r, f);
+        }
+    }
+    let base = random_base.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
+            * 1000
+    });
+    if random > 0 {
+        println!("random swarm batch: seeds {base}..{}", base + random - 1);
+    }
+    for seed in base..base + random {
+        let s = crate::swarm::scenario(seed);
+        let r = run_and_report(&s, &format!("swarm:{seed}"), seed, false);
+        tally.add(&r, &format!("swarm:{seed}"));
+    }
+    tally.print();
+    i32::from(!tally.failed.is_empty())
 }

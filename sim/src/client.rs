@@ -371,6 +371,9 @@ impl ClientState {
         let complete = rec.now();
         if !matches!(outcome, Outcome::Ok(_)) {
             self.member = (self.member + 1) % self.plan.members;
+            // Back off before the next try, as etcd's clients do.
+            let backoff = madsim::rand::thread_rng().gen_range(20..100);
+            tokio::time::sleep(Duration::from_millis(backoff)).await;
         }
         rec.op(Op {
             id,

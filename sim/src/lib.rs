@@ -8,6 +8,7 @@
 pub mod check;
 pub mod history;
 pub mod scenario;
+pub mod swarm;
 
 #[cfg(madsim)]
 pub mod cli;
@@ -23,3 +24,5 @@ pub mod nemesis;
 pub mod recorder;
 #[cfg(madsim)]
 pub mod run;
+#[cfg(madsim)]
+pub mod shrink;
