@@ -20,6 +20,12 @@ struct Inner {
     log: Vec<String>,
 }
 
+impl Default for Recorder {
+    fn default() -> Recorder {
+        Recorder::new()
+    }
+}
+
 impl Recorder {
     pub fn new() -> Recorder {
         Recorder {

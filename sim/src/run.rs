@@ -139,7 +139,8 @@ pub fn run(scenario: &Scenario, seed: u64) -> RunReport {
     }
 }
 
-async fn drive(s: Scenario) -> (History, Vec<String>) {
+/// The simulated part of a run, inside a madsim runtime (for `#[madsim::test]`).
+pub async fn drive(s: Scenario) -> (History, Vec<String>) {
     let rec = Recorder::new();
     let t0 = tokio::time::Instant::now();
     rec.with_history(|h| {

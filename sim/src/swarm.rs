@@ -20,7 +20,7 @@ impl Draw {
         Draw(seed ^ 0x5eed_5717_a7a5_0001)
     }
 
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -30,15 +30,15 @@ impl Draw {
 
     /// Uniform in `[lo, hi]`.
     pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next() % (hi - lo + 1)
+        lo + self.next_u64() % (hi - lo + 1)
     }
 
     pub fn chance(&mut self, p: f64) -> bool {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64 <= p
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64 <= p
     }
 
     pub fn pick<T: Clone>(&mut self, items: &[T]) -> T {
-        items[self.next() as usize % items.len()].clone()
+        items[self.next_u64() as usize % items.len()].clone()
     }
 }
 
