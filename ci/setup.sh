@@ -6,6 +6,8 @@
 #   libclang-dev clang     bindgen for librocksdb-sys
 #   etcd-client            etcdctl, the real client the integration tests drive
 #   curl                   the HTTP/JSON gateway tests and ci/run-local.sh
+# and, in a venv at ~/.cache/strata/venv, the Python etcd3 client server/tests/python_etcd3.rs
+# drives (that test says it skipped when this could not be installed).
 set -euo pipefail
 
 need=()
@@ -26,4 +28,24 @@ fi
 
 if ! rustup run 1.95.0 rustc --version >/dev/null 2>&1; then
   rustup toolchain install 1.95.0 --component rustfmt clippy
+fi
+
+# python-etcd3 0.12 (its last release): its generated code needs protobuf 3.x, and its Lock
+# hands tenacity an old-style wait(attempt, delay) callback that only tenacity < 7 adapts
+# (with 7+ any contended lock raises TypeError). Every version pinned, so CI tests one client.
+PY_VENV="$HOME/.cache/strata/venv"
+PY_PINS="etcd3==0.12.0 protobuf==3.20.3 tenacity==6.3.1 grpcio==1.85.1 six==1.17.0 typing_extensions==4.16.0"
+if [ "$(cat "$PY_VENV/pins" 2>/dev/null)" != "$PY_PINS" ] \
+    || ! "$PY_VENV/bin/python" -c "import etcd3" >/dev/null 2>&1; then
+  if command -v python3 >/dev/null 2>&1; then
+    echo "ci/setup.sh: installing $PY_PINS in $PY_VENV"
+    # shellcheck disable=SC2086 # the pins are separate words
+    if python3 -m venv "$PY_VENV" && "$PY_VENV/bin/pip" install -q $PY_PINS; then
+      echo "$PY_PINS" > "$PY_VENV/pins"
+    else
+      echo "ci/setup.sh: could not install python etcd3; server/tests/python_etcd3.rs will skip" >&2
+    fi
+  else
+    echo "ci/setup.sh: no python3; server/tests/python_etcd3.rs will skip" >&2
+  fi
 fi

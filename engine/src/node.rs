@@ -12,7 +12,12 @@
 //!    the `Persisted` acknowledgement of the state they depend on (Raft §5.2, §5.3).
 //! 3. A client is answered (`Respond`) only after its entry is applied, or for a linearizable
 //!    read once the read index is applied; serializable reads are answered from local state.
-//! 4. `Watch` outputs for one stream come in revision order, one revision never split.
+//! 4. `Watch` outputs for one stream come in revision order, one revision never split. The
+//!    driver never waits for a watch client: when a stream's queue is full it refuses that
+//!    output and every later one for the stream, and reports them with `Input::WatchRefused`
+//!    before any other input; once the queue has room it sends `Input::WatchWritable`, after
+//!    every refusal of the stream. Nothing refused is lost: the watchers catch up from the MVCC
+//!    history (`watch.rs`, *Slow streams*).
 //!
 //! Time: `Input::Tick` advances raft by one tick; `now_ms` (a monotonic millisecond clock the
 //! driver owns) is passed with every step and is only used for lease expiry, which the leader
@@ -211,6 +216,16 @@ pub enum Input {
         stream: StreamId,
     },
     WatchStreamClosed {
+        stream: StreamId,
+    },
+    /// The stream's queue was full: these outputs for it were not sent (the first one refused
+    /// and every later one, in order). The stream is parked until `WatchWritable`.
+    WatchRefused {
+        stream: StreamId,
+        responses: Vec<pb::WatchResponse>,
+    },
+    /// A parked stream's queue has room again.
+    WatchWritable {
         stream: StreamId,
     },
     /// The transport could not reach a peer.
@@ -526,6 +541,12 @@ impl<B: KvBackend> Node<B> {
         self.watch.watcher_count()
     }
 
+    /// Watchers whose client is not reading and who wait to catch up (etcd's
+    /// `slow_watcher_total` gauge counts its unsynced watchers and victims).
+    pub fn slow_watcher_count(&self) -> usize {
+        self.watch.unsynced_count() + self.watch.parked_count()
+    }
+
     pub fn is_removed(&self) -> bool {
         self.removed
     }
@@ -620,6 +641,11 @@ impl<B: KvBackend> Node<B> {
                 if let Some(out) = self.watch.request_progress(stream, current) {
                     self.emit_watch(vec![out]);
                 }
+            }
+            Input::WatchRefused { stream, responses } => self.watch.refused(stream, responses),
+            Input::WatchWritable { stream } => {
+                let outs = self.watch.writable(stream);
+                self.emit_watch(outs);
             }
             Input::WatchStreamClosed { stream } => {
                 self.watch.close_stream(stream);
@@ -1034,10 +1060,16 @@ impl<B: KvBackend> Node<B> {
         self.outputs.push(Output::Respond { id, result });
     }
 
+    /// Watch responses leave through the hub's `route`, which holds back those for parked
+    /// streams; a held response keeps the header it got here the first time.
     fn emit_watch(&mut self, outs: Vec<WatchOutput>) {
         for mut out in outs {
-            out.response.header = Some(self.header());
-            self.outputs.push(Output::Watch(out));
+            if out.response.header.is_none() {
+                out.response.header = Some(self.header());
+            }
+            if let Some(out) = self.watch.route(out) {
+                self.outputs.push(Output::Watch(out));
+            }
         }
     }
 

@@ -353,10 +353,9 @@ impl<B: KvBackend> StateMachine<B> {
                 Ok((Accepted, Vec::new()))
             }
             R::Alarm(a) => {
-                self.apply_alarm(a.action, a.member_id, a.alarm);
                 let resp = AlarmResponse {
                     header: None,
-                    alarms: self.alarms(),
+                    alarms: self.apply_alarm(a.action, a.member_id, a.alarm),
                 };
                 Ok((Done(Box::new(Response::Alarm(resp))), Vec::new()))
             }
@@ -440,15 +439,29 @@ impl<B: KvBackend> StateMachine<B> {
         }
     }
 
-    fn apply_alarm(&mut self, action: i32, member: u64, alarm: i32) {
+    /// etcd's `applierV3backend.Alarm`: the answer names the alarm activated (even if it was
+    /// already active) or the one deactivated, and nothing when there was none to deactivate.
+    /// Clients print it (`etcdctl alarm disarm` lists what it disarmed).
+    fn apply_alarm(&mut self, action: i32, member: u64, alarm: i32) -> Vec<AlarmMember> {
         let key = alarm_key(member, alarm);
-        if action == AlarmAction::Activate as i32 && alarm != AlarmType::None as i32 {
+        let changed = if action == AlarmAction::Activate as i32 && alarm != AlarmType::None as i32 {
             self.alarms.insert((member, alarm));
             self.batch.put(Bucket::Alarm, key, Vec::new());
+            true
         } else if action == AlarmAction::Deactivate as i32 {
-            self.alarms.remove(&(member, alarm));
-            self.batch.delete(Bucket::Alarm, key);
-        }
+            let was_active = self.alarms.remove(&(member, alarm));
+            if was_active {
+                self.batch.delete(Bucket::Alarm, key);
+            }
+            was_active
+        } else {
+            false
+        };
+        let member_id = member;
+        changed
+            .then_some(AlarmMember { member_id, alarm })
+            .into_iter()
+            .collect()
     }
 
     /// Keeps lease attachments in step with the keys written: a put moves a key to its new

@@ -10,23 +10,28 @@
 //!   [`WatchHub::notify`] hands it new events as revisions are applied. Synced watchers are
 //!   indexed by key range (`KeyIndex`), so fan-out costs O(log n + matches) per event, not
 //!   O(watchers); or
-//! - **unsynced**: it asked for history (`start_revision <= current`) or the node installed a
-//!   snapshot ([`WatchHub::unsync_all`]); [`WatchHub::sync`] replays it from a [`History`],
-//!   at most [`WATCH_BATCH_MAX_REVS`] revisions per call, and moves it to synced once it reaches
-//!   the current revision.
+//! - **unsynced**: it asked for history (`start_revision <= current`), the node installed a
+//!   snapshot ([`WatchHub::unsync_all`]) or its stream was parked and is writable again;
+//!   [`WatchHub::sync`] replays it from a [`History`], at most [`WATCH_BATCH_MAX_REVS`]
+//!   revisions per call, and moves it to synced once it reaches the current revision; or
+//! - **parked**: its stream's client is not reading (see *Slow streams* below); it is given
+//!   nothing until the stream is writable again.
 //!
 //! `next_rev` (etcd's `minRev`) is the lowest revision a watcher has not been given yet.
 //!
 //! # Guarantees (etcd's API guarantees for watch) and how they hold
 //!
-//! - *Ordered, unique*: a watcher is served by exactly one of `notify` (synced) and `sync`
+//! - *Ordered, unique*: a watcher is served by at most one of `notify` (synced) and `sync`
 //!   (unsynced) at any time, each only hands it events at or above its `next_rev`, and then moves
-//!   `next_rev` past them.
+//!   `next_rev` past them. A parked watcher is served by neither; its `next_rev` only moves back,
+//!   to the first revision the client was refused.
 //! - *Reliable*: a replay ends at `current` and the watcher joins the synced set in the same call,
 //!   so the next revision it can miss is `current + 1`, which `notify` delivers. This needs the
 //!   driver's ordering contract below.
 //! - *Atomic*: one response carries all of a watcher's events of the revisions it covers; `sync`
-//!   windows and `notify` batches consist of whole revisions.
+//!   windows and `notify` batches consist of whole revisions. A watcher that asked for
+//!   fragments may get a big response as several ([`fragments`], applied by the server as it
+//!   writes the stream, after the queue below); its client joins them back.
 //! - *Resumable*: a watch created with `start_revision = R + 1` sees exactly the events after R,
 //!   or a compacted cancel when R + 1 is no longer in the history.
 //! - *Bookmarkable*: a progress notification at revision R (the header revision, which the
@@ -43,10 +48,47 @@
 //!   `(stream, watch_id)`, and a stream-wide progress notification comes after the events of
 //!   the same call.
 //! - Response headers are left `None`; the engine fills them with its current revision, which is
-//!   the revision each response speaks for (etcd uses `currentRev` likewise).
+//!   the revision each response speaks for (etcd uses `currentRev` likewise). A response held
+//!   for a parked stream keeps the header it was given when first emitted.
+//! - Every output passes [`WatchHub::route`] before it leaves the engine (`Node::emit_watch`
+//!   does this), so nothing reaches a parked stream.
+//! - The driver reports refusals ([`WatchHub::refused`]) before any other input that follows
+//!   them, and reports a stream [`WatchHub::writable`] only after all its refusals: a stale
+//!   refusal would rewind a watcher that reused the id of a canceled one.
+//!
+//! # Slow streams: bounded delivery
+//!
+//! The driver queues each stream's responses for its client in a bounded queue (etcd's
+//! `chanBufLen`: 128 responses) and never waits on it. When the queue is full it refuses that
+//! response and every later one for the stream, and hands them back through
+//! [`WatchHub::refused`]. The hub then **parks** the stream, as etcd moves a watcher it cannot
+//! send to into its victim set: every watcher of the stream leaves the synced and unsynced sets,
+//! with `next_rev` rewound to the first revision of its first refused response (a synced
+//! watcher was handed everything up to `current`, so it resumes at `current + 1` at the
+//! latest). No event is dropped and none is buffered: a parked watcher's events stay in the MVCC
+//! history. When the driver has room again it calls [`WatchHub::writable`]: the responses held
+//! for the stream go out first, in order, then its watchers rejoin the unsynced set and `sync`
+//! replays them from `next_rev`, one window at a time, exactly as a watcher that asked for an
+//! old revision. If compaction passes a parked watcher's `next_rev` meanwhile, that replay
+//! cancels it with `compact_revision`, as etcd cancels a victim that fell behind compaction.
+//!
+//! What a parked stream is not sent: created and canceled responses are held, in order, until
+//! it is writable. A refused stream-wide progress notification becomes a deferred progress
+//! request again, answered once the stream has caught up, so it still bookmarks. A refused
+//! periodic notification of one watcher is dropped (etcd drops one it cannot send too); the
+//! next round sends another.
+//!
+//! **Memory bound per stream**: the driver's queue (128 responses; each holds one watcher's
+//! events of one `notify` batch, or of one replay window of at most [`WATCH_BATCH_MAX_REVS`]
+//! revisions), plus, while parked, one fixed-size record per watcher and the created/canceled
+//! responses owed (one per create or cancel the client sent while not reading). A client that
+//! stops reading costs O(queue + watchers + its own requests), never O(events written while it
+//! does not read). Refused responses live only from one driver step to the next.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
+
+use prost::Message as _;
 
 use crate::error::EtcdError;
 use crate::limits::WATCH_BATCH_MAX_REVS;
@@ -70,6 +112,9 @@ pub const CANCEL_REASON_DUPLICATE_ID: &str = "mvcc: duplicate watch ID provided 
 pub struct WatchOutput {
     pub stream: StreamId,
     pub response: WatchResponse,
+    /// The watcher asked for fragments (`WatchCreateRequest.fragment`): the server may split
+    /// this response with [`fragments`] when it sends it.
+    pub fragment: bool,
 }
 
 /// The MVCC store's history, as the hub needs it to replay unsynced watchers.
@@ -240,6 +285,17 @@ impl KeyIndex {
     }
 }
 
+/// Which of the hub's sets serves a watcher (see the module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// In the key index; `notify` hands it new revisions.
+    Synced,
+    /// In the replay queue; `sync` replays it from `next_rev`.
+    Unsynced,
+    /// Its stream is parked; nothing serves it until the stream is writable.
+    Parked,
+}
+
 #[derive(Clone, Debug)]
 struct Watcher {
     range: KeyRange,
@@ -247,7 +303,7 @@ struct Watcher {
     start_revision: Revision,
     /// etcd's `minRev`: the lowest revision this watcher has not been given.
     next_rev: Revision,
-    synced: bool,
+    phase: Phase,
     no_put: bool,
     no_delete: bool,
     prev_kv: bool,
@@ -287,6 +343,10 @@ struct Stream {
     /// etcd's `nextID`: auto-assigned ids count up from 0, skipping ids in use.
     next_auto_id: i64,
     watchers: BTreeSet<WatchId>,
+    /// The driver refused a response and has not reported the stream writable since.
+    parked: bool,
+    /// Created and canceled responses held while parked, in emission order, headers kept.
+    owed: Vec<WatchResponse>,
 }
 
 #[derive(Clone, Debug)]
@@ -296,6 +356,8 @@ pub struct WatchHub {
     synced: KeyIndex,
     /// Unsynced watchers by `next_rev`, so the laggard is first.
     unsynced: BTreeSet<(Revision, WatcherKey)>,
+    /// How many watchers are parked.
+    parked: usize,
     /// Watchers that asked for periodic progress notifications.
     progress_notify: BTreeSet<WatcherKey>,
     /// Unsynced watchers created below the compaction: the next `sync` cancels them.
@@ -316,6 +378,7 @@ impl Default for WatchHub {
             streams: BTreeMap::new(),
             synced: KeyIndex::default(),
             unsynced: BTreeSet::new(),
+            parked: 0,
             progress_notify: BTreeSet::new(),
             compacted_on_create: BTreeMap::new(),
             progress_deferred: BTreeSet::new(),
@@ -339,19 +402,28 @@ fn revision_of(event: &Event) -> Revision {
 
 /// A failed create: watch id -1, created and canceled at once, with etcd's reason.
 pub fn created_and_canceled(stream: StreamId, reason: &str) -> WatchOutput {
-    WatchOutput {
+    control_output(
         stream,
-        response: WatchResponse {
+        WatchResponse {
             watch_id: INVALID_WATCH_ID.get(),
             created: true,
             canceled: true,
             cancel_reason: reason.to_string(),
             ..WatchResponse::default()
         },
+    )
+}
+
+/// A response without events: never fragmented.
+fn control_output(stream: StreamId, response: WatchResponse) -> WatchOutput {
+    WatchOutput {
+        stream,
+        response,
+        fragment: false,
     }
 }
 
-fn events_output((stream, id): WatcherKey, events: Vec<Event>) -> WatchOutput {
+fn events_output((stream, id): WatcherKey, events: Vec<Event>, fragment: bool) -> WatchOutput {
     WatchOutput {
         stream,
         response: WatchResponse {
@@ -359,17 +431,51 @@ fn events_output((stream, id): WatcherKey, events: Vec<Event>) -> WatchOutput {
             events,
             ..WatchResponse::default()
         },
+        fragment,
     }
 }
 
 fn progress_output(stream: StreamId, id: WatchId) -> WatchOutput {
-    WatchOutput {
+    control_output(
         stream,
-        response: WatchResponse {
+        WatchResponse {
             watch_id: id.get(),
             ..WatchResponse::default()
         },
+    )
+}
+
+/// etcd's `sendFragments` (v3rpc/watch.go): a response of at least `max_bytes` encoded with two
+/// or more events becomes several responses of whole events, each under `max_bytes` unless one
+/// event alone is larger, all but the last marked `fragment`; any other response is sent whole.
+/// Fragments share the header and watch id; the client joins them back (etcd's clientv3 does).
+/// Only for watchers that asked for it: etcd sends everyone else the big response whole.
+pub fn fragments(mut response: WatchResponse, max_bytes: usize) -> Vec<WatchResponse> {
+    if response.encoded_len() < max_bytes || response.events.len() < 2 {
+        return vec![response];
     }
+    let events = std::mem::take(&mut response.events);
+    let template = WatchResponse {
+        fragment: true,
+        ..response
+    };
+    let empty_len = template.encoded_len();
+    let mut out = Vec::new();
+    let mut current = template.clone();
+    let mut current_len = empty_len;
+    for event in events {
+        // `events` is field 11 of WatchResponse.
+        let event_len = prost::encoding::message::encoded_len(11, &event);
+        if !current.events.is_empty() && current_len + event_len >= max_bytes {
+            out.push(std::mem::replace(&mut current, template.clone()));
+            current_len = empty_len;
+        }
+        current.events.push(event);
+        current_len += event_len;
+    }
+    current.fragment = false;
+    out.push(current);
+    out
 }
 
 impl WatchHub {
@@ -418,6 +524,13 @@ impl WatchHub {
         };
         let start_revision = Revision(req.start_revision);
         let synced = start_revision == Revision::ZERO || start_revision > current;
+        let phase = if self.streams[&stream].parked {
+            Phase::Parked
+        } else if synced {
+            Phase::Synced
+        } else {
+            Phase::Unsynced
+        };
         let watcher = Watcher {
             range,
             start_revision,
@@ -426,7 +539,7 @@ impl WatchHub {
             } else {
                 start_revision
             },
-            synced,
+            phase,
             no_put: req.filters.contains(&(FilterType::Noput as i32)),
             no_delete: req.filters.contains(&(FilterType::Nodelete as i32)),
             prev_kv: req.prev_kv,
@@ -438,14 +551,14 @@ impl WatchHub {
         if !synced && start_revision < compact {
             self.compacted_on_create.insert((stream, id), compact);
         }
-        WatchOutput {
+        control_output(
             stream,
-            response: WatchResponse {
+            WatchResponse {
                 watch_id: id.get(),
                 created: true,
                 ..WatchResponse::default()
             },
-        }
+        )
     }
 
     /// etcd's `watchStream.Watch` id rules: `0` asks for the next free id counting up from 0;
@@ -466,10 +579,12 @@ impl WatchHub {
 
     fn insert(&mut self, stream: StreamId, id: WatchId, watcher: Watcher) {
         let key = (stream, id);
-        if watcher.synced {
-            self.synced.insert(&watcher.range, key);
-        } else {
-            self.unsynced.insert((watcher.next_rev, key));
+        match watcher.phase {
+            Phase::Synced => self.synced.insert(&watcher.range, key),
+            Phase::Unsynced => {
+                self.unsynced.insert((watcher.next_rev, key));
+            }
+            Phase::Parked => self.parked += 1,
         }
         if watcher.progress_notify {
             self.progress_notify.insert(key);
@@ -481,11 +596,13 @@ impl WatchHub {
 
     fn remove(&mut self, key: WatcherKey) -> Option<Watcher> {
         let watcher = self.watchers.remove(&key)?;
-        if watcher.synced {
-            self.synced.remove(&watcher.range, key);
-        } else {
-            let was_unsynced = self.unsynced.remove(&(watcher.next_rev, key));
-            assert!(was_unsynced, "unsynced watcher {key:?} not queued");
+        match watcher.phase {
+            Phase::Synced => self.synced.remove(&watcher.range, key),
+            Phase::Unsynced => {
+                let was_unsynced = self.unsynced.remove(&(watcher.next_rev, key));
+                assert!(was_unsynced, "unsynced watcher {key:?} not queued");
+            }
+            Phase::Parked => self.parked -= 1,
         }
         self.progress_notify.remove(&key);
         self.compacted_on_create.remove(&key);
@@ -498,14 +615,14 @@ impl WatchHub {
     /// A `WatchCancelRequest`. Unknown ids get no answer, as in etcd.
     pub fn cancel(&mut self, stream: StreamId, id: WatchId) -> Option<WatchOutput> {
         self.remove((stream, id))?;
-        Some(WatchOutput {
+        Some(control_output(
             stream,
-            response: WatchResponse {
+            WatchResponse {
                 watch_id: id.get(),
                 canceled: true,
                 ..WatchResponse::default()
             },
-        })
+        ))
     }
 
     /// The client stream ended: drop its watchers, answer nothing.
@@ -557,8 +674,9 @@ impl WatchHub {
     fn deliver(&mut self, batches: BTreeMap<WatcherKey, Vec<Event>>) -> Vec<WatchOutput> {
         let mut out = Vec::with_capacity(batches.len());
         for (key, events) in batches {
-            self.watchers.get_mut(&key).unwrap().sent_since_progress = true;
-            out.push(events_output(key, events));
+            let w = self.watchers.get_mut(&key).unwrap();
+            w.sent_since_progress = true;
+            out.push(events_output(key, events, w.fragment));
         }
         out
     }
@@ -625,7 +743,7 @@ impl WatchHub {
                 w.next_rev > self.current,
                 "watcher {key:?} skipped its replay"
             );
-            w.synced = true;
+            w.phase = Phase::Synced;
             self.synced.insert(&w.range, key);
         }
     }
@@ -667,7 +785,7 @@ impl WatchHub {
             let w = self.watchers.get_mut(&key).unwrap();
             w.next_rev = to.next();
             if to == self.current {
-                w.synced = true;
+                w.phase = Phase::Synced;
                 self.synced.insert(&w.range, key);
             } else {
                 self.unsynced.insert((w.next_rev, key));
@@ -683,13 +801,13 @@ impl WatchHub {
         let synced: Vec<WatcherKey> = self
             .watchers
             .iter()
-            .filter(|(_, w)| w.synced)
+            .filter(|(_, w)| w.phase == Phase::Synced)
             .map(|(&key, _)| key)
             .collect();
         self.synced = KeyIndex::default();
         for key in synced {
             let w = self.watchers.get_mut(&key).unwrap();
-            w.synced = false;
+            w.phase = Phase::Unsynced;
             w.next_rev = w.next_rev.max(self.current.next());
             self.unsynced.insert((w.next_rev, key));
         }
@@ -729,7 +847,7 @@ impl WatchHub {
 
     /// etcd's `progressIfSync`: synced, and not waiting for a future start revision.
     fn is_bookmarkable(&self, w: &Watcher) -> bool {
-        w.synced && self.current >= w.start_revision
+        w.phase == Phase::Synced && self.current >= w.start_revision
     }
 
     fn answer_deferred_progress(&mut self, out: &mut Vec<WatchOutput>) {
@@ -784,23 +902,115 @@ impl WatchHub {
         self.unsynced.len()
     }
 
-    /// Whether the watcher asked for fragmented responses (the driver splits responses larger
-    /// than the request limit, as etcd's `sendFragments`). `false` for unknown watchers.
-    pub fn fragment(&self, stream: StreamId, id: WatchId) -> bool {
-        self.watchers.get(&(stream, id)).is_some_and(|w| w.fragment)
+    /// Watchers whose stream is parked (etcd's victims; counted in its slow-watcher gauge).
+    pub fn parked_count(&self) -> usize {
+        self.parked
+    }
+
+    /// Passes a response on to the driver, unless its stream is parked: then it is held in
+    /// order, or turned back into what it stands for (see the module docs), and `None` is
+    /// returned. Every output leaves the engine through here.
+    pub fn route(&mut self, out: WatchOutput) -> Option<WatchOutput> {
+        if !self.streams.get(&out.stream).is_some_and(|s| s.parked) {
+            return Some(out);
+        }
+        assert!(
+            out.response.events.is_empty(),
+            "events for watcher {} of parked stream {:?}",
+            out.response.watch_id,
+            out.stream
+        );
+        self.hold(out.stream, out.response);
+        None
+    }
+
+    /// The driver could not queue these responses for `stream` (its client is not reading):
+    /// the first one its queue refused and every later one for the stream, in emission order.
+    /// Parks the stream until [`WatchHub::writable`]; nothing in them is lost.
+    pub fn refused(&mut self, stream: StreamId, responses: Vec<WatchResponse>) {
+        self.park(stream);
+        for response in responses {
+            self.hold(stream, response);
+        }
+    }
+
+    fn park(&mut self, stream: StreamId) {
+        let s = self.streams.entry(stream).or_default();
+        if s.parked {
+            return;
+        }
+        s.parked = true;
+        for &id in &s.watchers {
+            let key = (stream, id);
+            let w = self.watchers.get_mut(&key).unwrap();
+            match w.phase {
+                Phase::Synced => {
+                    self.synced.remove(&w.range, key);
+                    // A synced watcher has been handed every revision up to `current`.
+                    w.next_rev = w.next_rev.max(self.current.next());
+                }
+                Phase::Unsynced => {
+                    let queued = self.unsynced.remove(&(w.next_rev, key));
+                    assert!(queued, "unsynced watcher {key:?} not queued");
+                }
+                Phase::Parked => panic!("watcher {key:?} parked on a stream that is not"),
+            }
+            w.phase = Phase::Parked;
+            self.parked += 1;
+        }
+    }
+
+    /// Keeps what a response refused by (or never sent to) a parked stream stands for.
+    fn hold(&mut self, stream: StreamId, response: WatchResponse) {
+        if let Some(first) = response.events.first() {
+            // The client has everything before this response; a canceled watcher is owed nothing.
+            let key = (stream, WatchId(response.watch_id));
+            if let Some(w) = self.watchers.get_mut(&key) {
+                assert_eq!(w.phase, Phase::Parked, "refused events for {key:?}");
+                w.next_rev = w.next_rev.min(revision_of(first));
+            }
+        } else if response.created || response.canceled {
+            let s = self.streams.get_mut(&stream).expect("a parked stream");
+            s.owed.push(response);
+        } else if response.watch_id == INVALID_WATCH_ID.get() {
+            // Asked for, so owed: answered once the stream has caught up.
+            self.progress_deferred.insert(stream);
+        }
+        // Otherwise a periodic notification of one watcher: the next round sends another.
+    }
+
+    /// The driver has room for `stream` again: the responses held for it, in order, first;
+    /// its watchers rejoin the unsynced set and `sync` replays them from `next_rev`.
+    pub fn writable(&mut self, stream: StreamId) -> Vec<WatchOutput> {
+        let Some(s) = self.streams.get_mut(&stream).filter(|s| s.parked) else {
+            return Vec::new();
+        };
+        s.parked = false;
+        for &id in &s.watchers {
+            let key = (stream, id);
+            let w = self.watchers.get_mut(&key).unwrap();
+            assert_eq!(w.phase, Phase::Parked, "watcher {key:?} of a parked stream");
+            w.phase = Phase::Unsynced;
+            self.unsynced.insert((w.next_rev, key));
+            self.parked -= 1;
+        }
+        std::mem::take(&mut s.owed)
+            .into_iter()
+            .map(|response| control_output(stream, response))
+            .collect()
     }
 }
 
 fn compacted_output((stream, id): WatcherKey, compact: Revision) -> WatchOutput {
-    WatchOutput {
+    control_output(
         stream,
-        response: WatchResponse {
+        WatchResponse {
             watch_id: id.get(),
             canceled: true,
             compact_revision: compact.get(),
             ..WatchResponse::default()
         },
-    }
+    )
 }
 
 #[cfg(test)]
@@ -1340,15 +1550,237 @@ mod tests {
     }
 
     #[test]
-    fn fragment_flag_is_stored() {
-        let (mut hub, store) = (WatchHub::new(), Store::default());
+    fn events_carry_the_fragment_flag_of_their_watcher() {
+        let (mut hub, mut store) = (WatchHub::new(), Store::default());
         let mut req = watch(b"a", b"", 0);
         req.fragment = true;
         let fragmented = create(&mut hub, S1, req, &store);
-        let plain = create(&mut hub, S1, watch(b"a", b"", 0), &store);
-        assert!(hub.fragment(S1, fragmented));
-        assert!(!hub.fragment(S1, plain));
-        assert!(!hub.fragment(S2, fragmented));
+        create(&mut hub, S1, watch(b"a", b"", 0), &store);
+        let outs = hub.notify(&store.put(b"a"));
+        let flags: Vec<(i64, bool)> = outs
+            .iter()
+            .map(|o| (o.response.watch_id, o.fragment))
+            .collect();
+        assert_eq!(flags, vec![(fragmented.get(), true), (1, false)]);
+    }
+
+    /// A response of `n` events of `value_len` bytes each, all at revision 7.
+    fn big_response(n: usize, value_len: usize) -> WatchResponse {
+        let events = (0..n)
+            .map(|i| Event {
+                r#type: EventType::Put as i32,
+                kv: Some(KeyValue {
+                    key: format!("k{i}").into_bytes(),
+                    value: vec![b'v'; value_len],
+                    mod_revision: 7,
+                    ..KeyValue::default()
+                }),
+                prev_kv: None,
+            })
+            .collect();
+        WatchResponse {
+            watch_id: 3,
+            events,
+            ..WatchResponse::default()
+        }
+    }
+
+    #[test]
+    fn fragments_split_at_the_limit_as_etcd_does() {
+        let whole = big_response(5, 100);
+        let event_len = prost::encoding::message::encoded_len(11, &whole.events[0]);
+        // Two events and the response's other fields fit under the limit; a third reaches it.
+        let limit = 3 * event_len;
+        let parts = fragments(whole.clone(), limit);
+        let shape: Vec<(usize, bool)> =
+            parts.iter().map(|p| (p.events.len(), p.fragment)).collect();
+        assert_eq!(shape, vec![(2, true), (2, true), (1, false)]);
+        for part in &parts {
+            assert!(
+                part.encoded_len() < limit,
+                "{} >= {limit}",
+                part.encoded_len()
+            );
+            assert_eq!(part.watch_id, 3);
+        }
+        let joined: Vec<Event> = parts.into_iter().flat_map(|p| p.events).collect();
+        assert_eq!(joined, whole.events);
+    }
+
+    #[test]
+    fn fragments_leave_small_and_single_event_responses_whole() {
+        let small = big_response(3, 10);
+        assert_eq!(fragments(small.clone(), 1 << 20), vec![small]);
+        // One event larger than the limit cannot be split: it goes alone, not marked.
+        let single = big_response(1, 1000);
+        assert_eq!(fragments(single.clone(), 100), vec![single]);
+        // Several events each larger than the limit: one per fragment.
+        let parts = fragments(big_response(3, 1000), 100);
+        let shape: Vec<(usize, bool)> =
+            parts.iter().map(|p| (p.events.len(), p.fragment)).collect();
+        assert_eq!(shape, vec![(1, true), (1, true), (1, false)]);
+    }
+
+    /// The driver's side of the streams, as these tests play it: a stream listed in
+    /// `capacity` has a queue of that many responses that refuses once full, and everything
+    /// after, until the stream is reported writable; other streams take everything.
+    #[derive(Default)]
+    struct Driver {
+        capacity: BTreeMap<StreamId, usize>,
+        queued: BTreeMap<StreamId, Vec<WatchResponse>>,
+        refused: BTreeMap<StreamId, Vec<WatchResponse>>,
+        stalled: BTreeSet<StreamId>,
+    }
+
+    impl Driver {
+        fn emit(&mut self, hub: &mut WatchHub, outs: Vec<WatchOutput>) {
+            for out in outs.into_iter().filter_map(|o| hub.route(o)) {
+                let queue = self.queued.entry(out.stream).or_default();
+                let full = self
+                    .capacity
+                    .get(&out.stream)
+                    .is_some_and(|&c| queue.len() >= c);
+                if full || self.stalled.contains(&out.stream) {
+                    self.stalled.insert(out.stream);
+                    self.refused
+                        .entry(out.stream)
+                        .or_default()
+                        .push(out.response);
+                } else {
+                    queue.push(out.response);
+                }
+            }
+        }
+
+        /// What the driver does first in each step: report refusals, then streams with room.
+        fn report(&mut self, hub: &mut WatchHub) {
+            for (stream, responses) in std::mem::take(&mut self.refused) {
+                hub.refused(stream, responses);
+            }
+            let room: Vec<StreamId> = self
+                .stalled
+                .iter()
+                .copied()
+                .filter(|s| self.queued.get(s).map_or(0, Vec::len) <= self.capacity[s] / 2)
+                .collect();
+            for stream in room {
+                self.stalled.remove(&stream);
+                let outs = hub.writable(stream);
+                self.emit(hub, outs);
+            }
+        }
+
+        /// The client reads everything queued for it.
+        fn read(&mut self, stream: StreamId) -> Vec<WatchResponse> {
+            std::mem::take(self.queued.entry(stream).or_default())
+        }
+    }
+
+    /// The revisions of the events a watcher got, in order of arrival.
+    fn revisions_of(responses: &[WatchResponse], id: WatchId) -> Vec<i64> {
+        responses
+            .iter()
+            .filter(|r| r.watch_id == id.get())
+            .flat_map(|r| r.events.iter().map(|e| revision_of(e).get()))
+            .collect()
+    }
+
+    #[test]
+    fn a_client_that_stops_reading_misses_nothing_and_gets_nothing_twice() {
+        let (mut hub, mut store) = (WatchHub::new(), Store::default());
+        let mut driver = Driver::default();
+        driver.capacity.insert(S1, 4);
+        let slow = create(&mut hub, S1, watch(b"a", b"b", 0), &store);
+        let fast = create(&mut hub, S2, watch(b"a", b"b", 0), &store);
+        let step = |hub: &mut WatchHub, store: &mut Store, driver: &mut Driver, key: &[u8]| {
+            driver.report(hub);
+            let outs = hub.notify(&store.put(key));
+            driver.emit(hub, outs);
+            let outs = hub.sync(store, store.current);
+            driver.emit(hub, outs);
+        };
+        for i in 0..50 {
+            step(
+                &mut hub,
+                &mut store,
+                &mut driver,
+                format!("a{}", i % 3).as_bytes(),
+            );
+        }
+        // The fifth response was refused: the stream is parked and nothing more is emitted for
+        // it, while the other stream gets every revision.
+        assert_eq!(driver.queued[&S1].len(), 4);
+        assert_eq!(hub.parked_count(), 1);
+        assert_eq!(
+            revisions_of(&driver.read(S2), fast),
+            (1..=50).collect::<Vec<_>>()
+        );
+        // While parked, a new watcher's created response is held and a progress request waits.
+        let late = hub.create(S1, &watch(b"a", b"b", 0), store.current, store.compact);
+        let late_id = WatchId(late.response.watch_id);
+        driver.emit(&mut hub, vec![late]);
+        assert_eq!(hub.request_progress(S1, store.current), None);
+        for _ in 0..10 {
+            step(&mut hub, &mut store, &mut driver, b"a");
+        }
+        assert_eq!(
+            driver.queued[&S1].len(),
+            4,
+            "nothing reaches a parked stream"
+        );
+        // The client reads again: held responses first, then the replay from the history.
+        let mut got = Vec::new();
+        for _ in 0..5 {
+            got.extend(driver.read(S1));
+            driver.report(&mut hub);
+            let outs = hub.sync(&store, store.current);
+            driver.emit(&mut hub, outs);
+        }
+        got.extend(driver.read(S1));
+        assert_eq!(hub.parked_count() + hub.unsynced_count(), 0);
+        assert_eq!(revisions_of(&got, slow), (1..=60).collect::<Vec<_>>());
+        assert_eq!(revisions_of(&got, late_id), (51..=60).collect::<Vec<_>>());
+        let position = |pred: &dyn Fn(&WatchResponse) -> bool| got.iter().position(pred).unwrap();
+        let created = position(&|r| r.created && r.watch_id == late_id.get());
+        let first_late_event = position(&|r| r.watch_id == late_id.get() && !r.events.is_empty());
+        assert!(created < first_late_event, "created after events: {got:?}");
+        let progress = position(&|r| r.watch_id == -1);
+        assert_eq!(
+            progress,
+            got.len() - 1,
+            "the progress bookmarks every event before it"
+        );
+        // Synced again: live events flow as before.
+        step(&mut hub, &mut store, &mut driver, b"a");
+        assert_eq!(revisions_of(&driver.read(S1), slow), vec![61]);
+    }
+
+    #[test]
+    fn a_parked_watcher_overtaken_by_compaction_is_canceled() {
+        let (mut hub, mut store) = (WatchHub::new(), Store::default());
+        let mut driver = Driver::default();
+        driver.capacity.insert(S1, 2);
+        let id = create(&mut hub, S1, watch(b"a", b"", 0), &store);
+        for _ in 0..5 {
+            driver.report(&mut hub);
+            let outs = hub.notify(&store.put(b"a"));
+            driver.emit(&mut hub, outs);
+        }
+        driver.report(&mut hub);
+        assert_eq!(hub.parked_count(), 1);
+        assert_eq!(revisions_of(&driver.read(S1), id), vec![1, 2]);
+        // Revision 3 was the first refused; it is compacted before the client reads again.
+        store.compact = Revision(4);
+        driver.report(&mut hub);
+        let outs = hub.sync(&store, store.current);
+        driver.emit(&mut hub, outs);
+        let got = driver.read(S1);
+        let r = &got[0];
+        assert_eq!(
+            (r.watch_id, r.canceled, r.compact_revision),
+            (id.get(), true, 4)
+        );
+        assert_eq!(hub.watcher_count(), 0);
     }
 
     #[test]
@@ -1399,8 +1831,10 @@ mod tests {
     }
 
     mod model {
-        //! Random histories, watches, syncs, compactions and progress requests, judged by etcd's
-        //! watch guarantees against the naive store.
+        //! Random histories, watches, syncs, compactions, progress requests and clients that
+        //! stop reading, judged by etcd's watch guarantees against the naive store. The checker
+        //! plays the driver: outputs pass `route`, a blocked stream's queue refuses them, and
+        //! refusals are reported before the next operation, as the driver does.
         use super::*;
         use proptest::prelude::*;
 
@@ -1423,6 +1857,10 @@ mod tests {
             UnsyncAll,
             /// Periodic progress: every watcher of the model asks for it.
             Tick,
+            /// The stream's client stops reading: its queue refuses everything from now on.
+            Block(u64),
+            /// The client reads again: the queue has room.
+            Unblock(u64),
         }
 
         fn op() -> impl Strategy<Value = Op> {
@@ -1437,6 +1875,8 @@ mod tests {
                 1 => (0..3u64, 0..4i64).prop_map(|(s, id)| Op::Cancel(s, id)),
                 1 => Just(Op::UnsyncAll),
                 1 => Just(Op::Tick),
+                1 => (0..3u64).prop_map(Op::Block),
+                1 => (0..3u64).prop_map(Op::Unblock),
             ]
         }
 
@@ -1460,6 +1900,8 @@ mod tests {
             filters: Vec<i32>,
             prev_kv: bool,
             got: Vec<Event>,
+            /// Its created response was delivered.
+            created: bool,
         }
 
         #[derive(Default)]
@@ -1470,13 +1912,69 @@ mod tests {
             /// Streams with an unanswered progress request.
             owed: BTreeSet<StreamId>,
             now_ms: u64,
+            /// Streams whose client does not read: their queue refuses every response.
+            blocked: BTreeSet<StreamId>,
+            /// Streams that refused a response and were not reported writable since.
+            stalled: BTreeSet<StreamId>,
+            /// Refused responses not yet reported to the hub.
+            refused: BTreeMap<StreamId, Vec<WatchResponse>>,
+            /// Watchers the hub canceled for compaction whose cancel is not delivered yet.
+            gone: BTreeSet<WatcherKey>,
         }
 
         impl Checker {
             /// Like etcd's `progressAll`, a request is dropped once its stream has no watchers.
             fn release_if_empty(&mut self, stream: StreamId) {
-                if self.watchers_of(stream).next().is_none() {
+                if self.hub_watchers_of(stream).next().is_none() {
                     self.owed.remove(&stream);
+                }
+            }
+
+            /// The live watchers the hub still has.
+            fn hub_watchers_of(&self, stream: StreamId) -> impl Iterator<Item = &WatcherKey> {
+                self.watchers_of(stream)
+                    .map(|(key, _)| key)
+                    .filter(|key| !self.gone.contains(key))
+            }
+
+            /// What the driver does with outputs: `route`, then the stream's queue, which
+            /// refuses once full and then everything after.
+            fn emit(&mut self, outs: Vec<WatchOutput>) {
+                for out in outs {
+                    let r = &out.response;
+                    if r.canceled && r.compact_revision > 0 {
+                        self.gone.insert((out.stream, WatchId(r.watch_id)));
+                        self.release_if_empty(out.stream);
+                    }
+                    let Some(out) = self.hub.route(out) else {
+                        continue;
+                    };
+                    if self.stalled.contains(&out.stream) || self.blocked.contains(&out.stream) {
+                        self.stalled.insert(out.stream);
+                        self.refused
+                            .entry(out.stream)
+                            .or_default()
+                            .push(out.response);
+                    } else {
+                        self.judge(out);
+                    }
+                }
+            }
+
+            /// The driver reports refusals first thing in its next step.
+            fn report_refused(&mut self) {
+                for (stream, responses) in std::mem::take(&mut self.refused) {
+                    self.hub.refused(stream, responses);
+                }
+            }
+
+            /// The queue has room again: a stalled stream is reported writable.
+            fn unblock(&mut self, stream: StreamId) {
+                self.blocked.remove(&stream);
+                self.report_refused();
+                if self.stalled.remove(&stream) {
+                    let outs = self.hub.writable(stream);
+                    self.emit(outs);
                 }
             }
 
@@ -1493,7 +1991,7 @@ mod tests {
                     range: t.range.clone(),
                     start_revision: t.from,
                     next_rev: t.from,
-                    synced: false,
+                    phase: Phase::Unsynced,
                     no_put: t.filters.contains(&(FilterType::Noput as i32)),
                     no_delete: t.filters.contains(&(FilterType::Nodelete as i32)),
                     prev_kv: t.prev_kv,
@@ -1511,6 +2009,7 @@ mod tests {
             }
 
             fn run(&mut self, op: Op) {
+                self.report_refused();
                 let current = self.store.current;
                 let outs = match op {
                     Op::Commit(ops) => {
@@ -1547,6 +2046,7 @@ mod tests {
                         let out =
                             self.hub
                                 .create(StreamId(stream), &req, current, self.store.compact);
+                        let created = out.clone();
                         if !out.response.canceled {
                             let from = if start == 0 {
                                 current.next()
@@ -1565,13 +2065,14 @@ mod tests {
                                 filters,
                                 prev_kv,
                                 got: Vec::new(),
+                                created: false,
                             };
                             self.live.insert(
                                 (StreamId(stream), WatchId(out.response.watch_id)),
                                 tracked,
                             );
                         }
-                        vec![]
+                        vec![created]
                     }
                     Op::Sync => self.hub.sync(&self.store, current),
                     Op::Compact(back) => {
@@ -1579,18 +2080,24 @@ mod tests {
                         vec![]
                     }
                     Op::Progress(stream) => {
-                        let out = self.hub.request_progress(StreamId(stream), current);
-                        if out.is_none() && self.watchers_of(StreamId(stream)).next().is_some() {
-                            self.owed.insert(StreamId(stream));
+                        let stream = StreamId(stream);
+                        let out = self.hub.request_progress(stream, current);
+                        if self.hub_watchers_of(stream).next().is_some() {
+                            // Refused or deferred, it is owed until delivered.
+                            self.owed.insert(stream);
                         }
                         out.into_iter().collect()
                     }
                     Op::Cancel(stream, id) => {
                         let key = (StreamId(stream), WatchId(id));
                         let out = self.hub.cancel(key.0, key.1);
-                        assert_eq!(out.is_some(), self.live.remove(&key).is_some());
+                        let known = self.live.contains_key(&key) && !self.gone.contains(&key);
+                        assert_eq!(out.is_some(), known);
+                        if known {
+                            self.live.remove(&key);
+                        }
                         self.release_if_empty(key.0);
-                        vec![]
+                        out.into_iter().collect()
                     }
                     Op::UnsyncAll => {
                         self.hub.unsync_all();
@@ -1600,15 +2107,37 @@ mod tests {
                         self.now_ms += 1;
                         self.hub.tick(self.now_ms, 1, current)
                     }
+                    Op::Block(stream) => {
+                        self.blocked.insert(StreamId(stream));
+                        vec![]
+                    }
+                    Op::Unblock(stream) => {
+                        self.unblock(StreamId(stream));
+                        vec![]
+                    }
                 };
-                for out in outs {
-                    self.judge(out);
-                }
+                self.emit(outs);
             }
 
             fn judge(&mut self, out: WatchOutput) {
                 let current = self.store.current;
                 let r = &out.response;
+                if r.created {
+                    // Created (or refused at once, with id -1): events may follow.
+                    if let Some(t) = self.live.get_mut(&(out.stream, WatchId(r.watch_id))) {
+                        assert!(!r.canceled && !t.created, "{r:?}");
+                        t.created = true;
+                    }
+                    return;
+                }
+                if r.canceled && r.compact_revision == 0 {
+                    let key = (out.stream, WatchId(r.watch_id));
+                    assert!(
+                        !self.live.contains_key(&key),
+                        "{key:?} canceled by the client"
+                    );
+                    return;
+                }
                 if r.watch_id == -1 {
                     // Bookmarkable: every watcher of the stream has everything up to `current`.
                     for (key, t) in self.watchers_of(out.stream) {
@@ -1628,7 +2157,8 @@ mod tests {
                         "only compaction cancels here: {r:?}"
                     );
                     let t = self.live.remove(&key).expect("cancel of a live watcher");
-                    self.release_if_empty(key.0);
+                    assert!(t.created, "{key:?} canceled before its created response");
+                    self.gone.remove(&key);
                     let next = t.got.last().map_or(t.from, |e| revision_of(e).next());
                     assert!(
                         next < Revision(r.compact_revision),
@@ -1648,6 +2178,7 @@ mod tests {
                 }
                 let expected_all = self.expected(&self.live[&key], current);
                 let t = self.live.get_mut(&key).expect("events for a live watcher");
+                assert!(t.created, "{key:?}: events before its created response");
                 let last = t.got.last().map(revision_of);
                 let first = revision_of(&r.events[0]);
                 // Ordered, unique, atomic: a response starts after every revision already sent...
@@ -1678,11 +2209,13 @@ mod tests {
 
             /// Liveness: once syncing has caught up, every live watcher has exactly its history.
             fn settle(&mut self) {
+                let streams: Vec<StreamId> = self.blocked.union(&self.stalled).copied().collect();
+                for stream in streams {
+                    self.unblock(stream);
+                }
                 loop {
                     let outs = self.hub.sync(&self.store, self.store.current);
-                    for out in outs {
-                        self.judge(out);
-                    }
+                    self.emit(outs);
                     if self.hub.unsynced_count() == 0 {
                         break;
                     }

@@ -14,6 +14,9 @@
 //!   depend on unpersisted state.
 //! - A storage failure or an engine `Fatal` stops the loop: the node exits rather than limp
 //!   on with state it cannot trust.
+//! - Watch responses go to bounded per-stream queues the loop never waits on
+//!   ([`crate::watch_queue`]): a client that stops reading has its watchers parked and caught
+//!   up from the history later, instead of growing memory or stalling the loop.
 //!
 //! The driver is written against tokio APIs madsim provides and against two seams:
 //! [`ServerBackend`] (the engine's MVCC backend plus defragment) and [`LogStorage`], so the
@@ -26,9 +29,9 @@ use std::time::Duration;
 
 use strata_engine::auth::PasswordCheck;
 use strata_engine::node::{AppliedEntry, Config, PersistTask, PersistedLog};
-use strata_engine::proto::etcdserverpb::WatchResponse;
 use strata_engine::proto::strata::internal::MemberRecord;
 use strata_engine::request::{Request, Response};
+use strata_engine::watch::WatchOutput;
 use strata_engine::{
     BackendError, EtcdError, Fatal, Input, KvBackend, LogIndex, Node, NodeId, Output, RequestId,
     StreamId, Term,
@@ -39,6 +42,7 @@ use crate::clock::{LocalTime, NodeClock};
 use crate::metrics::Metrics;
 use crate::storage::{LogStorage, StorageError};
 use crate::transport::{PeerEvent, Transport};
+use crate::watch_queue::{Offered, WatchQueues};
 
 /// Inputs drained into one engine step at most.
 const MAX_BATCH: usize = 4096;
@@ -76,7 +80,7 @@ pub enum Command {
     /// Registers where a watch stream's responses go; must precede its watch inputs.
     WatchOpen {
         stream: StreamId,
-        events: mpsc::UnboundedSender<WatchResponse>,
+        events: mpsc::Sender<WatchOutput>,
     },
     /// `WatchCreate`, `WatchCancel`, `WatchProgress` or `WatchStreamClosed`.
     Watch(Input),
@@ -177,12 +181,11 @@ impl Handle {
         rx.await.map_err(|_| EtcdError::Stopped)?
     }
 
-    /// Opens a watch stream: its id and the responses the engine will send on it.
-    pub fn watch_open(
-        &self,
-    ) -> Result<(StreamId, mpsc::UnboundedReceiver<WatchResponse>), EtcdError> {
+    /// Opens a watch stream: its id and the responses the engine will send on it. The queue is
+    /// bounded; a reader that falls behind is caught up later, never loses responses.
+    pub fn watch_open(&self) -> Result<(StreamId, mpsc::Receiver<WatchOutput>), EtcdError> {
         let stream = StreamId(self.shared.next_stream.fetch_add(1, Ordering::Relaxed));
-        let (events, rx) = mpsc::unbounded_channel();
+        let (events, rx) = WatchQueues::channel();
         self.send(Command::WatchOpen { stream, events })?;
         Ok((stream, rx))
     }
@@ -259,7 +262,7 @@ pub struct Driver<B: ServerBackend> {
     transport: Transport,
     shutdown: watch::Receiver<bool>,
     pending: HashMap<RequestId, oneshot::Sender<Result<Response, EtcdError>>>,
-    watch_streams: HashMap<StreamId, mpsc::UnboundedSender<WatchResponse>>,
+    watch_streams: WatchQueues,
     next_request: u64,
     time: LocalTime,
     observer: Option<Observer>,
@@ -313,7 +316,7 @@ impl<B: ServerBackend> Driver<B> {
             transport,
             shutdown,
             pending: HashMap::new(),
-            watch_streams: HashMap::new(),
+            watch_streams: WatchQueues::default(),
             next_request: 1,
             time: LocalTime::new(clock),
             observer,
@@ -374,6 +377,8 @@ impl<B: ServerBackend> Driver<B> {
                     Ok(number) => inputs.push(Input::Persisted { number }),
                     Err(e) => return Stopped::Storage(e),
                 },
+                // Watch refusals to report, or a stalled watch stream with room again.
+                _ = std::future::ready(()), if self.watch_streams.has_reports() => {}
                 _ = ticker.tick() => {
                     inputs.push(Input::Tick);
                     if self.time.clock().drift_ppm() != ticker_ppm {
@@ -399,7 +404,10 @@ impl<B: ServerBackend> Driver<B> {
                     break;
                 }
             }
-            if let Err(e) = self.step(inputs) {
+            // The engine's contract: watch flow-control reports open the step.
+            let mut batch = self.watch_streams.take_reports();
+            batch.append(&mut inputs);
+            if let Err(e) = self.step(batch) {
                 return e;
             }
         }
@@ -432,11 +440,11 @@ impl<B: ServerBackend> Driver<B> {
                 inputs.push(Input::Request { id, request, token });
             }
             Command::WatchOpen { stream, events } => {
-                self.watch_streams.insert(stream, events);
+                self.watch_streams.open(stream, events);
             }
             Command::Watch(input) => {
                 if let Input::WatchStreamClosed { stream } = &input {
-                    self.watch_streams.remove(stream);
+                    self.watch_streams.close(*stream);
                 }
                 inputs.push(input);
             }
@@ -495,15 +503,17 @@ impl<B: ServerBackend> Driver<B> {
                 }
             }
             Output::Watch(out) => {
-                let gone = match self.watch_streams.get(&out.stream) {
-                    Some(tx) => tx.send(out.response).is_err(),
-                    None => false,
-                };
-                if gone {
-                    self.watch_streams.remove(&out.stream);
-                    let now = self.now_ms();
-                    self.node
-                        .step(now, Input::WatchStreamClosed { stream: out.stream })?;
+                let stream = out.stream;
+                match self.watch_streams.offer(out) {
+                    Offered::Sent | Offered::Refused => {}
+                    Offered::Stalled => {
+                        let m = &self.shared.metrics;
+                        m.watch_stream_stalls.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Offered::Gone => {
+                        let now = self.now_ms();
+                        self.node.step(now, Input::WatchStreamClosed { stream })?;
+                    }
                 }
             }
             Output::LeaderChanged { leader, term } => {
@@ -581,6 +591,8 @@ impl<B: ServerBackend> Driver<B> {
             .store(node.revision().0 as u64, Ordering::Relaxed);
         m.watchers
             .store(node.watcher_count() as u64, Ordering::Relaxed);
+        m.slow_watchers
+            .store(node.slow_watcher_count() as u64, Ordering::Relaxed);
         if changed_members {
             m.db_size
                 .store(sm.backend().size_bytes(), Ordering::Relaxed);

@@ -1,7 +1,7 @@
-//! The Strata node: the driver that runs the engine ([`driver`]), storage ([`storage`]), the
-//! peer transport ([`transport`]), etcd's gRPC services ([`api`]), the client port with the
-//! HTTP/JSON endpoints ([`http`]) and etcd's JSON gateway ([`gateway`]), the command line
-//! ([`config`]) and member start-up ([`server`]).
+//! The Strata node: the driver that runs the engine ([`driver`]) and its bounded watch queues
+//! ([`watch_queue`]), storage ([`storage`]), the peer transport ([`transport`]), etcd's gRPC
+//! services ([`api`]), the client port with the HTTP/JSON endpoints ([`http`]) and etcd's JSON
+//! gateway ([`gateway`]), the command line ([`config`]) and member start-up ([`server`]).
 
 pub mod api;
 pub mod clock;
@@ -18,3 +18,4 @@ pub mod restore;
 pub mod server;
 pub mod storage;
 pub mod transport;
+pub mod watch_queue;

@@ -74,6 +74,8 @@ pub struct Metrics {
     pub db_size_in_use: AtomicU64,
     pub revision: AtomicU64,
     pub watchers: AtomicU64,
+    pub slow_watchers: AtomicU64,
+    pub watch_stream_stalls: AtomicU64,
     pub wal_fsync: Histogram,
     pub backend_commit: Histogram,
     pub peer_sent_failures: AtomicU64,
@@ -165,6 +167,20 @@ impl Metrics {
             "Total number of watchers.",
             "gauge",
             &self.watchers,
+        );
+        gauge(
+            &mut out,
+            "etcd_debugging_mvcc_slow_watcher_total",
+            "Total number of unsynced slow watchers.",
+            "gauge",
+            &self.slow_watchers,
+        );
+        gauge(
+            &mut out,
+            "strata_watch_stream_stalls_total",
+            "Times a watch stream's queue was full and its watchers were parked to catch up later.",
+            "counter",
+            &self.watch_stream_stalls,
         );
         gauge(
             &mut out,

@@ -28,6 +28,7 @@ use strata_engine::proto::etcdserverpb::{
 use strata_engine::proto::mvccpb::KeyValue;
 use strata_engine::proto::v3lockpb::{LockRequest, LockResponse, UnlockRequest, UnlockResponse};
 use strata_engine::request::{Request, Response};
+use strata_engine::watch::WatchOutput;
 use strata_engine::{EtcdError, Input, StreamId};
 use tokio::sync::mpsc;
 use tonic::metadata::MetadataMap;
@@ -423,7 +424,7 @@ pub(super) fn check_compacted(wr: &WatchResponse) -> Result<(), Status> {
 pub(super) struct EngineWatch {
     handle: Handle,
     stream: StreamId,
-    events: mpsc::UnboundedReceiver<WatchResponse>,
+    events: mpsc::Receiver<WatchOutput>,
 }
 
 impl EngineWatch {
@@ -459,7 +460,8 @@ impl EngineWatch {
                 .events
                 .recv()
                 .await
-                .ok_or_else(|| unknown(EtcdError::Stopped))?;
+                .ok_or_else(|| unknown(EtcdError::Stopped))?
+                .response;
             if wr.canceled || !wr.events.is_empty() {
                 return Ok(wr);
             }

@@ -3,13 +3,19 @@
 //! compaction cancels); this layer opens an engine stream, feeds it the client's create,
 //! cancel and progress requests, and relays responses in the order the engine emits them.
 //! When either side goes away the engine stream is closed and its watchers dropped.
+//!
+//! Fragments (etcd's `sendFragments`, in its send loop too): a response for a watcher created
+//! with `fragment` is split here, as it is written, when it reaches `--max-request-bytes`.
+//! Splitting after the bounded queue keeps one queue slot per whole response, so a client that
+//! stalls is refused whole responses, never half a revision.
 
 use std::pin::Pin;
 
 use futures::Stream;
 use strata_engine::proto::etcdserverpb::{watch_request, WatchRequest, WatchResponse};
+use strata_engine::watch::fragments;
 use strata_engine::{Input, WatchId};
-use tokio_stream::wrappers::UnboundedReceiverStream;
+use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -69,7 +75,15 @@ impl Watch for WatchService {
             }
             let _ = handle.watch_input(Input::WatchStreamClosed { stream });
         });
-        let out = UnboundedReceiverStream::new(events).map(Ok);
+        let max_bytes = self.0.handle.shared.config.limits.max_request_bytes;
+        let out = futures::StreamExt::flat_map(ReceiverStream::new(events), move |out| {
+            let responses = if out.fragment {
+                fragments(out.response, max_bytes)
+            } else {
+                vec![out.response]
+            };
+            futures::stream::iter(responses.into_iter().map(Ok))
+        });
         Ok(Response::new(Box::pin(out)))
     }
 }

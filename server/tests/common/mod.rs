@@ -43,6 +43,8 @@ pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub members: Vec<Member>,
     pub token: String,
+    /// Flags every member starts with, besides the cluster's own.
+    pub extra_args: Vec<String>,
 }
 
 /// A port nobody listens on right now, taken below Linux's ephemeral range (32768+) so the
@@ -71,6 +73,11 @@ pub fn strata_bin() -> &'static str {
 impl Cluster {
     /// Starts `n` members bootstrapping a new cluster and waits until each serves.
     pub fn start(n: usize) -> Cluster {
+        Cluster::start_with(n, &[])
+    }
+
+    /// [`Cluster::start`] with extra flags for every member (`--max-request-bytes`, ...).
+    pub fn start_with(n: usize, extra_args: &[&str]) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let members: Vec<Member> = (1..=n)
             .map(|i| {
@@ -92,6 +99,7 @@ impl Cluster {
             dir,
             members,
             token: format!("test-{}", free_port()),
+            extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
         };
         for i in 0..n {
             cluster.start_member(i, "new");
@@ -145,6 +153,7 @@ impl Cluster {
             .args(["--initial-cluster", &initial])
             .args(["--initial-cluster-token", &self.token])
             .args(["--initial-cluster-state", state])
+            .args(&self.extra_args)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
