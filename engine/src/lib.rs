@@ -9,6 +9,7 @@
 
 pub mod auth;
 pub mod backend;
+pub mod bugs;
 pub mod error;
 pub mod lease;
 pub mod limits;

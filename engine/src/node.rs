@@ -48,7 +48,8 @@ use raft::eraftpb::{
 use raft::{RawNode, ReadOnlyOption, StateRole, Storage};
 
 use crate::auth::{AuthInfo, AuthStore, PasswordCheck, DEFAULT_TOKEN_TTL_SECS};
-use crate::backend::{BackendError, KvBackend};
+use crate::backend::{BackendError, Bucket, KvBackend};
+use crate::bugs::{self, Bug};
 use crate::error::{Error, EtcdError};
 use crate::limits::{self, Limits};
 use crate::membership::{self, to_member};
@@ -58,7 +59,7 @@ use crate::proto::etcdserverpb::{self as pb, alarm_request::AlarmAction, AlarmTy
 use crate::proto::mvccpb::Event;
 use crate::proto::strata::internal::{
     internal_request, InternalRequest, LeaseCheckpoint, LeaseCheckpoints, MemberAttributes,
-    MemberRecord,
+    MemberRecord, SnapshotData,
 };
 use crate::raft_log::LogStore;
 use crate::request::{txn_is_read_only, Request, Response};
@@ -86,6 +87,8 @@ pub struct Config {
     pub seed: u64,
     /// How long an auth token stays valid after its last use (etcd's `--auth-token-ttl`).
     pub auth_token_ttl_secs: u64,
+    /// An injected bug (simulator builds with feature `bugs` only; see [`crate::bugs`]).
+    pub bug: Option<crate::bugs::Bug>,
     /// Keep `(index, term, crc64(data))` of every applied entry for
     /// [`Node::take_applied_record`] (the simulator's state-machine-safety checker).
     pub record_applied: bool,
@@ -105,6 +108,7 @@ impl Config {
             seed,
             auth_token_ttl_secs: DEFAULT_TOKEN_TTL_SECS,
             record_applied: false,
+            bug: None,
         }
     }
 
@@ -437,7 +441,11 @@ impl<B: KvBackend> Node<B> {
             max_inflight_msgs: 256,
             check_quorum: true,
             pre_vote: true,
-            read_only_option: ReadOnlyOption::Safe,
+            read_only_option: if bugs::active(config.bug, Bug::LeaseBasedReads) {
+                ReadOnlyOption::LeaseBased
+            } else {
+                ReadOnlyOption::Safe
+            },
             ..raft::Config::default()
         };
         raft_config.validate()?;
@@ -819,6 +827,12 @@ impl<B: KvBackend> Node<B> {
         {
             self.requeue_stale_reads();
         }
+        if !self.is_leader() && bugs::active(self.config.bug, Bug::FollowerExpiresLeases) {
+            if !self.sm.lessor.is_primary() {
+                self.sm.lessor.promote(self.now_ms, 0);
+            }
+            self.expire_leases();
+        }
         if self.is_leader() {
             self.expire_leases();
         }
@@ -900,7 +914,11 @@ impl<B: KvBackend> Node<B> {
             }
             if let Some(hs) = rd.hs() {
                 self.raw.mut_store().set_hard_state(hs.clone());
-                task.hard_state = Some(hs.clone());
+                let mut persisted = hs.clone();
+                if bugs::active(self.config.bug, Bug::VoteNotPersisted) {
+                    persisted.vote = 0;
+                }
+                task.hard_state = Some(persisted);
             }
             let held = rd.take_persisted_messages();
             if !held.is_empty() {
@@ -922,8 +940,17 @@ impl<B: KvBackend> Node<B> {
     fn install_snapshot(&mut self, snap: Snapshot, number: u64) -> Result<(LogIndex, Term), Fatal> {
         let meta = snap.get_metadata();
         let point = (LogIndex(meta.index), Term(meta.term));
+        let mut data = snap.data.to_vec();
+        if bugs::active(self.config.bug, Bug::SnapshotWithoutLeases) {
+            if let Ok(mut decoded) = SnapshotData::decode(data.as_slice()) {
+                decoded
+                    .records
+                    .retain(|r| r.bucket != u32::from(Bucket::Lease.tag()));
+                data = decoded.encode_to_vec();
+            }
+        }
         self.sm
-            .install_snapshot(&snap.data, self.config.min_lease_ttl_secs())?;
+            .install_snapshot(&data, self.config.min_lease_ttl_secs())?;
         assert_eq!(
             self.sm.applied().0,
             point.0,
@@ -964,10 +991,35 @@ impl<B: KvBackend> Node<B> {
         self.sm.commit()?;
         self.raw.advance_apply_to(last);
         if !events.is_empty() {
+            self.inject_watch_bugs(&mut events);
             let outs = self.watch.notify(&events);
             self.emit_watch(outs);
         }
         Ok(())
+    }
+
+    /// The watch bugs of the catalogue ([`crate::bugs`]); nothing unless one is injected.
+    fn inject_watch_bugs(&self, events: &mut Vec<Event>) {
+        let bug = self.config.bug;
+        if bugs::active(bug, Bug::DropWatchEvent) {
+            events.retain(|e| {
+                e.kv.as_ref()
+                    .map(|kv| kv.mod_revision % 7 != 0)
+                    .unwrap_or(true)
+            });
+        }
+        if bugs::active(bug, Bug::DuplicateWatchEvent) {
+            if let Some(last) = events.last().cloned() {
+                events.push(last);
+            }
+        }
+        if bugs::active(bug, Bug::WrongPrevKv) {
+            for e in events.iter_mut() {
+                if e.prev_kv.is_some() {
+                    e.prev_kv = e.kv.clone();
+                }
+            }
+        }
     }
 
     fn on_applied(&mut self, applied: Applied, events: &mut Vec<Event>) -> Result<(), Fatal> {
@@ -1055,7 +1107,13 @@ impl<B: KvBackend> Node<B> {
 
     fn respond(&mut self, id: RequestId, mut result: Result<Response, EtcdError>) {
         if let Ok(resp) = &mut result {
-            *resp.header_mut() = Some(self.header());
+            let mut header = self.header();
+            if matches!(resp, Response::Txn(_))
+                && bugs::active(self.config.bug, Bug::TxnRevisionOffByOne)
+            {
+                header.revision += 1;
+            }
+            *resp.header_mut() = Some(header);
         }
         self.outputs.push(Output::Respond { id, result });
     }
@@ -1546,7 +1604,7 @@ impl<B: KvBackend> Node<B> {
         serializable: bool,
         sender: Option<AuthInfo>,
     ) -> Result<(), Error> {
-        if serializable {
+        if serializable || bugs::active(self.config.bug, Bug::SerializableAsLinearizable) {
             let resp = self.serve_checked(&request, sender)?;
             self.respond(id, Ok(resp));
             return Ok(());
@@ -1623,8 +1681,9 @@ impl<B: KvBackend> Node<B> {
 
     fn serve_ready_reads(&mut self) -> Result<(), Fatal> {
         let applied = self.sm.applied().0;
+        let eager = bugs::active(self.config.bug, Bug::ReadIndexNotApplied);
         while let Some((index, _)) = self.ready_reads.front() {
-            if *index > applied {
+            if *index > applied && !eager {
                 break;
             }
             let (_, reads) = self.ready_reads.pop_front().expect("front exists");

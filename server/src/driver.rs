@@ -28,6 +28,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use strata_engine::auth::PasswordCheck;
+use strata_engine::bugs::{self, Bug};
 use strata_engine::node::{AppliedEntry, Config, PersistTask, PersistedLog};
 use strata_engine::proto::strata::internal::MemberRecord;
 use strata_engine::request::{Request, Response};
@@ -633,8 +634,11 @@ async fn storage_loop<L: LogStorage>(
         let mut result = Ok(());
         for job in batch {
             match job {
-                StorageJob::Persist(task) => {
+                StorageJob::Persist(mut task) => {
                     acked = Some(task.number);
+                    if bugs::active(shared.config.bug, Bug::SkipFsync) {
+                        task.must_sync = false;
+                    }
                     tasks.push(task);
                 }
                 StorageJob::Compact(index, term) => {

@@ -2,7 +2,9 @@
 
 use clap::{Parser, Subcommand};
 
-use crate::run::{run, RunReport};
+use strata_engine::bugs::Bug;
+
+use crate::run::{run, run_with, RunReport};
 use crate::scenario::Scenario;
 
 #[derive(Parser)]
@@ -25,11 +27,16 @@ enum Command {
         /// Write the trace even when the run passes.
         #[arg(long)]
         trace: bool,
+        /// Inject a bug of the catalogue (`strata-sim bugs --list`).
+        #[arg(long)]
+        bug: Option<String>,
     },
     /// Draw a scenario from each seed and run it (`--seeds A..B`).
     Swarm {
         #[arg(long, default_value = "1..100")]
         seeds: String,
+        #[arg(long)]
+        bug: Option<String>,
         /// Print the scenario a seed draws instead of running it.
         #[arg(long)]
         print: bool,
@@ -55,12 +62,37 @@ enum Command {
         #[arg(long)]
         out: Option<String>,
     },
+    /// The bug catalogue: for each injected bug, run the scenarios seed after seed until a
+    /// checker catches it; print the table (runs and time to catch).
+    Bugs {
+        #[arg(long, default_value = "scenarios")]
+        scenarios: String,
+        /// Give up on a bug after this many seeds per scenario.
+        #[arg(long, default_value_t = 5)]
+        max_seeds: u64,
+        /// Only this bug.
+        #[arg(long)]
+        only: Option<String>,
+        /// List the catalogue and exit.
+        #[arg(long)]
+        list: bool,
+    },
     /// Run a seed twice and compare trace hashes (determinism).
     Determinism {
         scenario: String,
         #[arg(long, default_value = "1")]
         seed: u64,
     },
+}
+
+pub fn parse_bug(name: Option<&str>) -> Result<Option<Bug>, String> {
+    match name {
+        None => Ok(None),
+        Some(n) => Bug::parse(n).map(Some).ok_or_else(|| {
+            let all: Vec<&str> = Bug::ALL.iter().map(|b| b.name()).collect();
+            format!("unknown bug {n:?}; the catalogue: {}", all.join(", "))
+        }),
+    }
 }
 
 /// `A`, or `A..B` (inclusive).
@@ -123,8 +155,14 @@ fn load(scenario: &str) -> Result<Scenario, String> {
 
 /// Runs one (scenario, seed); prints its line, and on failure its violations, trace path and
 /// replay command. Returns the report.
-fn run_and_report(s: &Scenario, source: &str, seed: u64, trace: bool) -> RunReport {
-    let r = run(s, seed);
+fn run_and_report(
+    s: &Scenario,
+    source: &str,
+    seed: u64,
+    trace: bool,
+    bug: Option<Bug>,
+) -> RunReport {
+    let r = run_with(s, seed, bug);
     println!("{}", summary_line(&r));
     if !r.passed() || trace {
         if let Some(p) = write_trace(&r) {
@@ -135,8 +173,13 @@ fn run_and_report(s: &Scenario, source: &str, seed: u64, trace: bool) -> RunRepo
         for v in &r.violations {
             println!("  [{}] {}", v.checker, v.message);
         }
-        println!("  replay: strata-sim run {source} --seed {seed}");
-        println!("  shrink: strata-sim shrink {source} --seed {seed}");
+        let with_bug = bug
+            .map(|b| format!(" --bug {}", b.name()))
+            .unwrap_or_default();
+        println!("  replay: strata-sim run {source} --seed {seed}{with_bug}");
+        if bug.is_none() {
+            println!("  shrink: strata-sim shrink {source} --seed {seed}");
+        }
     }
     r
 }
@@ -215,7 +258,14 @@ fn progress(done: u64, total: u64, failed: usize) {
 pub fn main() -> i32 {
     let cli = Cli::parse();
     match cli.command {
-        Command::Swarm { seeds, print } => {
+        Command::Swarm { seeds, print, bug } => {
+            let bug = match parse_bug(bug.as_deref()) {
+                Ok(b) => b,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return 2;
+                }
+            };
             let seeds = match parse_seeds(&seeds) {
                 Ok(s) => s,
                 Err(e) => {
@@ -231,7 +281,7 @@ pub fn main() -> i32 {
                     println!("{}", s.to_file());
                     continue;
                 }
-                let r = run_and_report(&s, &format!("swarm:{seed}"), seed, false);
+                let r = run_and_report(&s, &format!("swarm:{seed}"), seed, false, bug);
                 tally.add(&r, &format!("swarm:{seed}"));
                 progress(i as u64 + 1, total, tally.failed.len());
             }
@@ -280,11 +330,25 @@ pub fn main() -> i32 {
             );
             i32::from(a.trace_hash != b.trace_hash)
         }
+        Command::Bugs {
+            scenarios,
+            max_seeds,
+            only,
+            list,
+        } => crate::catalogue::hunt_cli(&scenarios, max_seeds, only.as_deref(), list),
         Command::Run {
             scenario,
             seed,
             trace,
+            bug,
         } => {
+            let bug = match parse_bug(bug.as_deref()) {
+                Ok(b) => b,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return 2;
+                }
+            };
             let s = match load(&scenario) {
                 Ok(s) => s,
                 Err(e) => {
@@ -301,7 +365,7 @@ pub fn main() -> i32 {
             };
             let mut failed = 0;
             for seed in seeds {
-                if !run_and_report(&s, &scenario, seed, trace).passed() {
+                if !run_and_report(&s, &scenario, seed, trace, bug).passed() {
                     failed += 1;
                 }
             }
@@ -333,7 +397,7 @@ fn ci(dir: &str, random: u64, random_base: Option<u64>) -> i32 {
             }
         };
         for &seed in &s.seeds {
-            let r = run_and_report(&s, f, seed, false);
+            let r = run_and_report(&s, f, seed, false, None);
             tally.add(&r, f);
         }
     }
@@ -349,7 +413,7 @@ fn ci(dir: &str, random: u64, random_base: Option<u64>) -> i32 {
     }
     for seed in base..base + random {
         let s = crate::swarm::scenario(seed);
-        let r = run_and_report(&s, &format!("swarm:{seed}"), seed, false);
+        let r = run_and_report(&s, &format!("swarm:{seed}"), seed, false, None);
         tally.add(&r, &format!("swarm:{seed}"));
     }
     tally.print();

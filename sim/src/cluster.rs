@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use madsim::runtime::{Handle as SimHandle, NodeHandle};
+use strata_engine::bugs::Bug;
 use strata_engine::node::{bootstrap_log, Config, PersistedLog};
 use strata_engine::proto::strata::internal::MemberRecord;
 use strata_engine::{Limits, NodeId};
@@ -94,6 +95,7 @@ struct Spec {
     clock: NodeClock,
     recorder: Recorder,
     handles: Handles,
+    bug: Option<Bug>,
 }
 
 /// The running members' driver handles, for the nemesis' oracle questions (who leads?).
@@ -102,13 +104,14 @@ pub type Handles = Arc<Mutex<BTreeMap<NodeIx, Handle>>>;
 pub struct Members {
     pub slots: Vec<Slot>,
     pub handles: Handles,
+    bug: Option<Bug>,
     cluster: scenario::Cluster,
     recorder: Recorder,
     sim: SimHandle,
 }
 
 impl Members {
-    pub fn new(s: &scenario::Scenario, recorder: Recorder) -> Members {
+    pub fn new(s: &scenario::Scenario, recorder: Recorder, bug: Option<Bug>) -> Members {
         let slots = (0..s.max_members())
             .map(|ix| Slot {
                 ix,
@@ -123,6 +126,7 @@ impl Members {
         Members {
             slots,
             handles: Arc::default(),
+            bug,
             cluster: s.cluster.clone(),
             recorder,
             sim: SimHandle::current(),
@@ -178,6 +182,7 @@ impl Members {
             clock: slot.clock.clone(),
             recorder: self.recorder.clone(),
             handles: self.handles.clone(),
+            bug: self.bug,
         });
         let node = self
             .sim
@@ -314,6 +319,7 @@ async fn member_main(spec: Arc<Spec>) {
         snapshot_count: c.snapshot_count,
         ..Limits::default()
     };
+    config.bug = spec.bug;
 
     let (peer_tx, peer_rx) = tokio::sync::mpsc::unbounded_channel();
     let transport = Transport::new(id, CLUSTER_ID, peer_tx.clone());

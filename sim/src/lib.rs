@@ -11,6 +11,8 @@ pub mod scenario;
 pub mod swarm;
 
 #[cfg(madsim)]
+pub mod catalogue;
+#[cfg(madsim)]
 pub mod cli;
 #[cfg(madsim)]
 pub mod client;

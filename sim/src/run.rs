@@ -16,6 +16,8 @@
 use std::panic::AssertUnwindSafe;
 use std::time::{Duration, Instant};
 
+use strata_engine::bugs::Bug;
+
 use crate::check;
 use crate::client::{self, ClientPlan, WatcherPlan};
 use crate::cluster::Members;
@@ -79,13 +81,18 @@ impl RunReport {
 
 /// Simulates `scenario` with `seed` and judges it.
 pub fn run(scenario: &Scenario, seed: u64) -> RunReport {
+    run_with(scenario, seed, None)
+}
+
+/// [`run`] with one bug of the catalogue injected into every member.
+pub fn run_with(scenario: &Scenario, seed: u64, bug: Option<Bug>) -> RunReport {
     let wall = Instant::now();
     let total = scenario.duration.0 + scenario.checks.liveness.0 + scenario.checks.settle.0;
     let mut rt = madsim::runtime::Runtime::with_seed_and_config(seed, madsim::Config::default());
     // A run that cannot finish (a hang) fails instead of spinning forever.
     rt.set_time_limit(total + Duration::from_secs(120));
     let s = scenario.clone();
-    let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| rt.block_on(drive(s))));
+    let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| rt.block_on(drive_with(s, bug))));
     drop(rt);
     let (history, mut log, panic) = match outcome {
         Ok((h, l)) => (h, l, None),
@@ -141,13 +148,17 @@ pub fn run(scenario: &Scenario, seed: u64) -> RunReport {
 
 /// The simulated part of a run, inside a madsim runtime (for `#[madsim::test]`).
 pub async fn drive(s: Scenario) -> (History, Vec<String>) {
+    drive_with(s, None).await
+}
+
+async fn drive_with(s: Scenario, bug: Option<Bug>) -> (History, Vec<String>) {
     let rec = Recorder::new();
     let t0 = tokio::time::Instant::now();
     rec.with_history(|h| {
         h.bounds.election_timeout = s.cluster.election_timeout.as_nanos();
         h.bounds.liveness = s.checks.liveness.as_nanos();
     });
-    let mut members = Members::new(&s, rec.clone());
+    let mut members = Members::new(&s, rec.clone(), bug);
     members.bootstrap();
     let mut nemesis = Nemesis::new(members, rec.clone(), s.workload.lease_ttl_secs);
 

@@ -1,0 +1,78 @@
+//! The catalogue of deliberately injected bugs: the simulator's proof of power. Each one is a
+//! real mistake a consensus store can make; the simulator must catch every one (README: seeds
+//! and time to catch each).
+//!
+//! Injection sites check [`active`], which is `false` at compile time unless the crate is
+//! built with feature `bugs` (only the simulator's build enables it); a production binary
+//! cannot carry one. A node runs at most one bug, named in `Config::bug`.
+
+/// One injected bug.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Bug {
+    /// The driver ignores `must_sync`: log appends and votes are acknowledged unsynced.
+    SkipFsync,
+    /// The vote is dropped from the persisted hard state: after a crash a member can vote
+    /// twice in one term.
+    VoteNotPersisted,
+    /// Linearizable reads are served from local state, as if serializable.
+    SerializableAsLinearizable,
+    /// Linearizable reads are answered once the read index is known, before it is applied.
+    ReadIndexNotApplied,
+    /// raft's lease-based read index (no quorum round; trusts clocks).
+    LeaseBasedReads,
+    /// Followers run lease expiry on their own clocks and propose revokes.
+    FollowerExpiresLeases,
+    /// Synced watchers miss every event whose revision is a multiple of 7.
+    DropWatchEvent,
+    /// Synced watchers receive the last event of each applied batch twice.
+    DuplicateWatchEvent,
+    /// A watch event's `prev_kv` is the new key-value, not the previous one.
+    WrongPrevKv,
+    /// A txn's response header names the revision after the one it produced.
+    TxnRevisionOffByOne,
+    /// A snapshot is installed without its leases.
+    SnapshotWithoutLeases,
+}
+
+impl Bug {
+    pub const ALL: [Bug; 11] = [
+        Bug::SkipFsync,
+        Bug::VoteNotPersisted,
+        Bug::SerializableAsLinearizable,
+        Bug::ReadIndexNotApplied,
+        Bug::LeaseBasedReads,
+        Bug::FollowerExpiresLeases,
+        Bug::DropWatchEvent,
+        Bug::DuplicateWatchEvent,
+        Bug::WrongPrevKv,
+        Bug::TxnRevisionOffByOne,
+        Bug::SnapshotWithoutLeases,
+    ];
+
+    /// The kebab-case name the simulator's `--bug` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Bug::SkipFsync => "skip-fsync",
+            Bug::VoteNotPersisted => "vote-not-persisted",
+            Bug::SerializableAsLinearizable => "serializable-as-linearizable",
+            Bug::ReadIndexNotApplied => "read-index-not-applied",
+            Bug::LeaseBasedReads => "lease-based-reads",
+            Bug::FollowerExpiresLeases => "follower-expires-leases",
+            Bug::DropWatchEvent => "drop-watch-event",
+            Bug::DuplicateWatchEvent => "duplicate-watch-event",
+            Bug::WrongPrevKv => "wrong-prev-kv",
+            Bug::TxnRevisionOffByOne => "txn-revision-off-by-one",
+            Bug::SnapshotWithoutLeases => "snapshot-without-leases",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Bug> {
+        Bug::ALL.into_iter().find(|b| b.name() == name)
+    }
+}
+
+/// Whether `bug` is injected in this build and run.
+#[inline]
+pub fn active(configured: Option<Bug>, bug: Bug) -> bool {
+    cfg!(feature = "bugs") && configured == Some(bug)
+}
