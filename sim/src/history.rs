@@ -46,9 +46,17 @@ pub enum Compare {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TxnOp {
-    Get { key: Key },
-    Put { key: Key, value: Vec<u8>, lease: i64 },
-    Delete { key: Key },
+    Get {
+        key: Key,
+    },
+    Put {
+        key: Key,
+        value: Vec<u8>,
+        lease: i64,
+    },
+    Delete {
+        key: Key,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
