@@ -20,6 +20,8 @@ pub(crate) struct Store {
     keys: BTreeMap<Vec<u8>, Kv>,
     /// Every event, in revision order.
     events: Vec<Event>,
+    /// The state at every revision, for stale and historical reads.
+    states: BTreeMap<i64, BTreeMap<Vec<u8>, Kv>>,
 }
 
 impl Store {
@@ -28,7 +30,24 @@ impl Store {
             revision: 1,
             keys: BTreeMap::new(),
             events: Vec::new(),
+            states: BTreeMap::from([(1, BTreeMap::new())]),
         }
+    }
+
+    /// `key` as it was at `revision`.
+    fn get_at(&self, key: &[u8], revision: i64) -> Vec<Kv> {
+        let (_, state) = self
+            .states
+            .range(..=revision)
+            .next_back()
+            .expect("revision 1 on");
+        state.get(key).cloned().into_iter().collect()
+    }
+
+    fn apply(&mut self, call: &Call) -> Reply {
+        let reply = self.apply_now(call);
+        self.states.insert(self.revision, self.keys.clone());
+        reply
     }
 
     /// Puts key=value at revision `rev`, answering the previous kv.
@@ -68,8 +87,12 @@ impl Store {
         Some(prev)
     }
 
-    fn apply(&mut self, call: &Call) -> Reply {
+    fn apply_now(&mut self, call: &Call) -> Reply {
         match call {
+            Call::Get { key, revision, .. } if *revision != 0 => Reply::Get {
+                revision: self.revision,
+                kvs: self.get_at(key, *revision),
+            },
             Call::Get { key, .. } => Reply::Get {
                 revision: self.revision,
                 kvs: self.keys.get(key).cloned().into_iter().collect(),
@@ -155,6 +178,10 @@ pub(crate) enum Gen {
     /// Compare-and-swap against the key's mod_revision this many revisions back.
     Cas(u8, i64),
     RangeAll,
+    /// A serializable get, answered from the member's own (possibly lagging) state.
+    StaleGet(u8),
+    /// A get of the state this many revisions back.
+    GetAt(u8, i64),
 }
 
 pub(crate) fn gen_op() -> impl Strategy<Value = Gen> {
@@ -164,6 +191,8 @@ pub(crate) fn gen_op() -> impl Strategy<Value = Gen> {
         1 => (0u8..5).prop_map(Gen::Delete),
         1 => (0u8..5, 0i64..4).prop_map(|(k, back)| Gen::Cas(k, back)),
         1 => Just(Gen::RangeAll),
+        1 => (0u8..5).prop_map(Gen::StaleGet),
+        1 => (0u8..5, 0i64..5).prop_map(|(k, back)| Gen::GetAt(k, back)),
     ]
 }
 
@@ -211,14 +240,26 @@ fn to_call(g: &Gen, n: usize, store: &Store) -> Call {
             revision: 0,
             serializable: false,
         },
+        Gen::StaleGet(k) => Call::Get {
+            key: key(k),
+            revision: 0,
+            serializable: true,
+        },
+        Gen::GetAt(k, back) => Call::Get {
+            key: key(k),
+            revision: (store.revision - back).max(1),
+            serializable: false,
+        },
     }
 }
 
-/// A run whose ops take effect at 10 ms steps, in the order given, on 4 clients; each op's
-/// interval spreads `spread` ms around its point (cycled). Writes where `lost` holds lose their
-/// answer; where `vanish` holds they also never take effect. A watch on every key from
-/// revision 2 (with prev_kv) gets each revision's events 1 ms after it happens and a progress
-/// notification at the end; three members end with the store's final state.
+/// A run whose ops take effect at 10 ms steps, in the order given, by 4 clients on 3 members
+/// (n1 and n2 lag behind, which serializable reads show); each op's interval spreads `spread`
+/// ms around its point (cycled). Writes where `lost` holds lose their answer; where `vanish`
+/// holds they also never take effect. Watches: every key from revision 2 with prev_kv,
+/// getting each revision's events 1 ms after it happens; and "k1" from the middle of the run,
+/// from "now", without deletes. Both end with a progress notification; the three members end
+/// with the store's final state.
 pub(crate) fn history(
     gens: &[Gen],
     spread: &[(u64, u64)],
@@ -227,17 +268,36 @@ pub(crate) fn history(
 ) -> History {
     let mut store = Store::new();
     let mut h = History::default();
-    let mut responses: Vec<WatchResponse> = Vec::new();
+    let mut all: Vec<WatchResponse> = Vec::new();
+    let mut k1: Vec<WatchResponse> = Vec::new();
+    let middle = gens.len() / 2;
+    let mut k1_created = 0;
+    let mut applied = [1i64; 3];
     for (n, g) in gens.iter().enumerate() {
         let call = to_call(g, n, &store);
         let is_write = matches!(g, Gen::Put(_) | Gen::Delete(_) | Gen::Cas(..));
         let point = 1_000 + 10 * n as u64;
         let (before, after) = spread[n % spread.len()];
+        let node = (n % 3) as u32;
+        // Followers apply a few revisions late, never going back.
+        for follower in applied.iter_mut().skip(1) {
+            *follower = (*follower).max(store.revision - (n % 4) as i64);
+        }
+        if n == middle {
+            k1_created = store.revision;
+        }
         let seen = store.events.len();
         let outcome = if is_write && vanish[n % vanish.len()] {
             Outcome::Unknown("timed out".into())
+        } else if let Gen::StaleGet(k) = g {
+            let rev = applied[node as usize];
+            Outcome::Ok(Reply::Get {
+                revision: rev,
+                kvs: store.get_at(&key(*k), rev),
+            })
         } else {
             let reply = store.apply(&call);
+            applied[node as usize] = store.revision;
             if is_write && lost[n % lost.len()] {
                 Outcome::Unknown("timed out".into())
             } else {
@@ -245,19 +305,22 @@ pub(crate) fn history(
             }
         };
         if store.events.len() > seen {
-            responses.push(WatchResponse {
-                at: (point + 1) * MS,
-                header_revision: store.revision,
-                events: store.events[seen..].to_vec(),
-                compact_revision: 0,
-                canceled: false,
-                progress: false,
-            });
+            let at = (point + 1) * MS;
+            let events = store.events[seen..].to_vec();
+            all.push(events_response(at, store.revision, events.clone()));
+            let mine: Vec<Event> = events
+                .into_iter()
+                .filter(|e| e.kv.key == b"k1" && e.kind == EventKind::Put)
+                .map(|e| Event { prev: None, ..e })
+                .collect();
+            if n >= middle && !mine.is_empty() {
+                k1.push(events_response(at, store.revision, mine));
+            }
         }
         h.ops.push(Op {
             id: n as u64 + 1,
             client: (n % 4) as u32,
-            node: 0,
+            node,
             call,
             invoke: (point - before) * MS,
             complete: (point + after) * MS,
@@ -265,21 +328,19 @@ pub(crate) fn history(
         });
     }
     h.ops.sort_by_key(|op| op.invoke);
-    let end = 1_000 + 10 * gens.len() as u64 + 100;
-    responses.push(WatchResponse {
-        at: end * MS,
-        header_revision: store.revision,
-        events: Vec::new(),
-        compact_revision: 0,
-        canceled: false,
-        progress: true,
-    });
-    h.watches.push(Watch {
-        id: 1,
+    let end = (1_000 + 10 * gens.len() as u64 + 100) * MS;
+    for responses in [&mut all, &mut k1] {
+        responses.push(WatchResponse {
+            progress: true,
+            ..events_response(end, store.revision, Vec::new())
+        });
+    }
+    let watch = |id: u64, start: &[u8], end: &[u8], responses: Vec<WatchResponse>| Watch {
+        id,
         client: 9,
         node: 1,
-        start: b"k".to_vec(),
-        end: b"l".to_vec(),
+        start: start.to_vec(),
+        end: end.to_vec(),
         start_revision: 2,
         prev_kv: true,
         filter_puts: false,
@@ -289,6 +350,16 @@ pub(crate) fn history(
         created_revision: Some(1),
         responses,
         end_state: WatchEnd::Open,
+    };
+    h.watches.push(watch(1, b"k", b"l", all));
+    h.watches.push(Watch {
+        start_revision: 0,
+        prev_kv: false,
+        filter_deletes: true,
+        // Created just before the middle op's point, after everything before it.
+        invoke: (1_000 + 10 * middle as u64 - 5) * MS,
+        created_revision: Some(k1_created),
+        ..watch(2, b"k1", b"", k1)
     });
     let finals: Vec<Kv> = store.keys.values().cloned().collect();
     for node in 0..3 {
@@ -296,4 +367,15 @@ pub(crate) fn history(
         h.final_hashes.insert(node, (store.revision, 0x5eed));
     }
     h
+}
+
+fn events_response(at: u64, header_revision: i64, events: Vec<Event>) -> WatchResponse {
+    WatchResponse {
+        at,
+        header_revision,
+        events,
+        compact_revision: 0,
+        canceled: false,
+        progress: false,
+    }
 }

@@ -33,14 +33,14 @@
 //! not extended by keep-alives, keys outliving their lease (revoke lost across a leader change,
 //! etcd #9395/#9888 territory), a keep-alive resurrecting an expired lease.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use super::index::Index;
 use super::{
     acked_effects, at, in_range, is_linearizable_read, keys_in, name, possible_effects, show,
     Findings,
 };
-use crate::history::{Call, History, Nanos, Op, Outcome, RaftEvent, Reply, Violation};
+use crate::history::{Call, History, Key, Nanos, Op, Outcome, RaftEvent, Reply, Violation};
 
 const SECOND: Nanos = 1_000_000_000;
 
@@ -146,6 +146,19 @@ pub fn check(h: &History) -> Vec<Violation> {
 
 fn early_expiry_reads(h: &History, idx: &Index, leases: &BTreeMap<i64, Lease>, f: &mut Findings) {
     let clock_error = h.bounds.max_clock_error;
+    // Per key, the calls of lost ops that may have written it, earliest first.
+    let mut lost_writers: HashMap<&Key, Vec<(Nanos, usize)>> = HashMap::new();
+    for (i, op) in h.ops.iter().enumerate() {
+        if matches!(op.outcome, Outcome::Unknown(_)) {
+            for e in possible_effects(&op.call) {
+                lost_writers.entry(e.key).or_default().push((op.invoke, i));
+            }
+        }
+    }
+    for v in lost_writers.values_mut() {
+        v.sort_unstable();
+        v.dedup();
+    }
     for op in &h.ops {
         let Some((start, end, revision, kvs)) = super::read_reply(op) else {
             continue;
@@ -166,12 +179,13 @@ fn early_expiry_reads(h: &History, idx: &Index, leases: &BTreeMap<i64, Lease>, f
             if lease.grants.len() > 1 || lease.revoked_before(h, op.complete) {
                 continue;
             }
-            let lost_writer = h.ops.iter().enumerate().any(|(i, other)| {
-                i != w.op
-                    && matches!(other.outcome, Outcome::Unknown(_))
-                    && other.invoke < op.complete
-                    && possible_effects(&other.call).iter().any(|e| e.key == key)
-            });
+            // A lost write of the key may have replaced or deleted it.
+            let lost_writer = lost_writers
+                .get(key)
+                .into_iter()
+                .flatten()
+                .take(2)
+                .any(|&(t, i)| i != w.op && t < op.complete);
             if lost_writer {
                 continue;
             }

@@ -31,13 +31,19 @@ pub mod watch;
 
 /// Runs every checker; an empty result means the run upheld every property checked.
 pub fn check_all(h: &History) -> Vec<Violation> {
-    let mut out = linearizability::check(h);
+    check_all_with_notes(h).0
+}
+
+/// [`check_all`], plus notes on what could not be judged (e.g. a linearizability search that
+/// ran out of budget); a run report should show them.
+pub fn check_all_with_notes(h: &History) -> (Vec<Violation>, Vec<String>) {
+    let (mut out, stats) = linearizability::check_with_stats(h);
     out.extend(watch::check(h));
     out.extend(lease::check(h));
     out.extend(durability::check(h));
     out.extend(raft::check(h));
     out.extend(liveness::check(h));
-    out
+    (out, stats.notes)
 }
 
 /// Findings beyond this many per checker are counted, not listed: the first ones name the bug.

@@ -220,19 +220,19 @@ impl WatchCheck<'_> {
         let floor = self.now_floor();
         let mut delivered: HashSet<(i64, &Key)> = HashSet::new();
         let mut last = 0i64;
-        let mut last_response_end: Option<i64> = None;
+        // The last response with events: (its index, its last revision).
+        let mut last_response_end: Option<(usize, i64)> = None;
         let mut bookmark = 0i64;
         let mut vouched = 0i64;
         for (r, resp) in w.responses.iter().enumerate() {
             if resp.canceled && resp.compact_revision > 0 {
                 self.compacted_cancel(f, r, last);
             }
-            if let (Some(end), Some(first)) = (last_response_end, resp.events.first()) {
+            if let (Some((prev, end)), Some(first)) = (last_response_end, resp.events.first()) {
                 if first.kv.mod_revision == end {
                     f.push(format!(
-                        "{}: Atomic: revision {end} split across responses {} and {r}",
-                        self.name(),
-                        r - 1
+                        "{}: Atomic: revision {end} split across responses {prev} and {r}",
+                        self.name()
                     ));
                 }
             }
@@ -289,7 +289,7 @@ impl WatchCheck<'_> {
                 last = last.max(rev);
             }
             if let Some(ev) = resp.events.last() {
-                last_response_end = Some(ev.kv.mod_revision);
+                last_response_end = Some((r, ev.kv.mod_revision));
                 vouched = vouched.max(ev.kv.mod_revision);
             }
             if resp.progress {

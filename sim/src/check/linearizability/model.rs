@@ -138,6 +138,18 @@ pub(super) struct ModelOp {
 }
 
 impl ModelOp {
+    /// How many keys the op touches if it is a txn (reads handle each key on its own).
+    pub(super) fn keys_touched(&self) -> usize {
+        match &self.input {
+            Input::Read(_) => 0,
+            Input::Txn {
+                compares,
+                success,
+                failure,
+            } => touched(compares, success, failure).len(),
+        }
+    }
+
     fn shadowed(&self, key: usize) -> bool {
         self.hidden.iter().any(|h| h.key == key && h.put)
     }
@@ -413,7 +425,14 @@ pub(super) fn step(state: &State, op: &ModelOp, out: &mut Vec<State>) {
                 .into_iter()
                 .filter(|&k| op.vanish(&mut state.clone(), k))
                 .collect();
-            for mask in 0u32..(1 << mortal.len().min(8)) {
+            assert!(
+                mortal.len() <= super::TXN_KEYS_MAX,
+                "op {}: {} keys may vanish, the search takes at most {}",
+                op.op,
+                mortal.len(),
+                super::TXN_KEYS_MAX
+            );
+            for mask in 0u32..(1 << mortal.len()) {
                 let mut pre = state.clone();
                 for (bit, &k) in mortal.iter().enumerate() {
                     if mask & (1 << bit) != 0 {

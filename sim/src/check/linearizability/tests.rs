@@ -3,6 +3,7 @@ use proptest::prelude::*;
 use super::*;
 use crate::check::build::*;
 use crate::check::generate::*;
+use crate::history::{TxnOp, TxnResult};
 
 fn violations(run: &Run) -> Vec<String> {
     check(&run.h).into_iter().map(|v| v.message).collect()
@@ -233,6 +234,62 @@ fn leased_key_may_vanish() {
 }
 
 #[test]
+fn a_lost_delete_explains_one_vanishing_not_two() {
+    let mut run = Run::new();
+    run.op(1, put("k", "v1"), 0, 10, put_ok(2));
+    run.op(2, delete("k"), 15, 100, lost());
+    run.op(3, get("k"), 20, 30, get_ok(3, vec![]));
+    assert_clean(&run);
+    run.op(1, put("k", "v2"), 40, 50, put_ok(4));
+    run.op(3, get("k"), 60, 70, get_ok(5, vec![]));
+    assert_caught(&run, "no linearization");
+}
+
+/// `put a and b` in one txn.
+fn put_both(a: &str, b: &str) -> Call {
+    Call::Txn {
+        compares: vec![],
+        success: vec![
+            TxnOp::Put {
+                key: "a".into(),
+                value: a.into(),
+                lease: 0,
+            },
+            TxnOp::Put {
+                key: "b".into(),
+                value: b.into(),
+                lease: 0,
+            },
+        ],
+        failure: vec![],
+    }
+}
+
+fn both_put(revision: i64) -> Outcome {
+    Outcome::Ok(Reply::Txn {
+        revision,
+        succeeded: true,
+        results: vec![TxnResult::Put { prev: None }, TxnResult::Put { prev: None }],
+    })
+}
+
+#[test]
+fn multi_key_txns_are_atomic() {
+    let mut run = Run::new();
+    run.op(1, put_both("a1", "b1"), 0, 10, both_put(2));
+    run.op(1, put_both("a2", "b2"), 20, 30, both_put(3));
+    run.op(2, get("a"), 12, 40, get_ok(3, vec![kv("a", "a2", 2, 3, 2)]));
+    run.op(3, get("b"), 12, 40, get_ok(2, vec![kv("b", "b1", 2, 2, 1)]));
+    assert_clean(&run);
+
+    // A range sees half of the second txn.
+    let half = vec![kv("a", "a2", 2, 3, 2), kv("b", "b1", 2, 2, 1)];
+    run.op(4, range("a", "c"), 12, 40, get_ok(3, half));
+    assert_caught(&run, "stale read");
+    assert_caught(&run, "no linearization");
+}
+
+#[test]
 fn serializable_reads_may_be_stale_but_not_inconsistent() {
     let mut run = Run::new();
     run.op(1, put("k", "v1"), 0, 10, put_ok(2));
@@ -363,9 +420,10 @@ fn mutation() -> impl Strategy<Value = Mutation> {
     ]
 }
 
-/// Applies `m` to the `pick`-th read that returned a kv; false if there is none to corrupt.
+/// Applies `m` to the `pick`-th linearizable read that returned a kv; false if there is none.
 fn corrupt(h: &mut History, pick: usize, m: &Mutation) -> bool {
     let candidates: Vec<usize> = (0..h.ops.len())
+        .filter(|&i| is_linearizable_read(&h.ops[i].call))
         .filter(|&i| matches!(&h.ops[i].outcome, Outcome::Ok(Reply::Get { kvs, revision }) if !kvs.is_empty() && *revision > 2))
         .collect();
     if candidates.is_empty() {

@@ -134,10 +134,13 @@ impl Entries {
 /// happened (a second pass over the same entries), so a linearizable history is found without
 /// first trying lost ops everywhere. A lost op that would not change the state is not applied:
 /// not applying it leaves every choice open. Conversely a required op that would change
-/// nothing (a read at the current revision) is applied at once and never skipped instead:
-/// moving it earlier breaks no real-time order (every op that returned before its call is
-/// placed already) and changes no state, so if no linearization follows, none follows from
-/// here at all.
+/// nothing (a read at the current revision) is applied at once and never skipped instead: in
+/// any linearization from here it can be moved to now, since every op that returned before
+/// its call is placed already (so real-time order holds) and, by a property the step must
+/// have, an op that changes nothing now changes nothing wherever it could still apply later
+/// (in the KV model every change either raises the revision, which such an op then no longer
+/// matches, or cannot be undone without raising it). So if no linearization follows it, none
+/// follows from here at all.
 ///
 /// An op is not tried before the ordered writes it must follow ([`Span::after`]): the model
 /// would accept it, then refuse those writes later, after a fruitless search in between.
