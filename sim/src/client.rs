@@ -739,7 +739,7 @@ async fn watch_once(plan: &WatcherPlan, watch: &mut Watch) -> WatchEnd {
 }
 
 /// A fault-free read of every workload key from member `ix` (serializable: what it holds).
-pub async fn final_read(ix: NodeIx, timeout: Duration) -> Option<(i64, Vec<Kv>)> {
+pub async fn final_read(ix: NodeIx, rev: i64, timeout: Duration) -> Option<(i64, Vec<Kv>)> {
     let mut client = KvClient::new(channel(ix));
     let r = tokio::time::timeout(
         timeout,
@@ -747,6 +747,7 @@ pub async fn final_read(ix: NodeIx, timeout: Duration) -> Option<(i64, Vec<Kv>)>
             key: KEYS_START.to_vec(),
             range_end: KEYS_END.to_vec(),
             serializable: true,
+            revision: rev,
             ..Default::default()
         }),
     )

@@ -13,7 +13,6 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use madsim::runtime::{Handle as SimHandle, NodeHandle};
 use strata_engine::bugs::Bug;
@@ -244,6 +243,9 @@ impl Members {
 
     pub fn restart(&mut self, ix: NodeIx) {
         if let Some(id) = self.node_id(ix) {
+            // A member that stopped on its own exited without releasing its sockets: a kill
+            // resets them, as the OS does when a process ends.
+            self.sim.kill(id);
             self.sim.restart(id);
             self.slots[ix as usize].life = Life::Up;
         }
@@ -325,6 +327,10 @@ async fn member_main(spec: Arc<Spec>) {
     let transport = Transport::new(id, CLUSTER_ID, peer_tx.clone());
     let (_shutdown_tx, shutdown) = tokio::sync::watch::channel(false);
     let observer_rec = rec.clone();
+    // What the driver reports while starting is held until `Started` is recorded, so every
+    // lifetime's records follow its `Started`.
+    let early: Arc<Mutex<Option<Vec<RaftEvent>>>> = Arc::new(Mutex::new(Some(Vec::new())));
+    let early_in = early.clone();
     let observer: strata_server::driver::Observer = Arc::new(move |o| {
         let event = match o {
             Observation::State {
@@ -343,7 +349,10 @@ async fn member_main(spec: Arc<Spec>) {
             },
             Observation::Committed(i) => RaftEvent::Committed { index: i.0 },
         };
-        observer_rec.raft(ix, event);
+        match early_in.lock().expect("early lock").as_mut() {
+            Some(held) => held.push(event),
+            None => observer_rec.raft(ix, event),
+        }
     });
     let started = Driver::start(Parts {
         config,
@@ -375,6 +384,9 @@ async fn member_main(spec: Arc<Spec>) {
             revision: view.revision,
         },
     );
+    for event in early.lock().expect("early lock").take().unwrap_or_default() {
+        rec.raft(ix, event);
+    }
     spec.handles
         .lock()
         .expect("handles lock")
@@ -436,6 +448,5 @@ async fn member_main(spec: Arc<Spec>) {
             why: stopped.to_string(),
         },
     );
-    // Give in-flight answers a moment to leave before the node exits.
-    tokio::time::sleep(Duration::from_millis(10)).await;
+    // Returning ends the madsim node at once, as a process exits on a fatal error.
 }

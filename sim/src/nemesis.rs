@@ -41,6 +41,9 @@ pub struct Nemesis {
     clogged_links: BTreeSet<(NodeIx, NodeIx)>,
     isolated: BTreeSet<NodeIx>,
     lease_ttl_secs: i64,
+    /// Per member: forward clock jumps so far, and the largest drift error; leases are
+    /// judged against the worst member's sum.
+    clock_error: std::collections::BTreeMap<NodeIx, (u64, u64)>,
 }
 
 fn channel(ix: NodeIx) -> tonic::transport::Channel {
@@ -63,6 +66,7 @@ impl Nemesis {
             clogged_links: BTreeSet::new(),
             isolated: BTreeSet::new(),
             lease_ttl_secs,
+            clock_error: Default::default(),
         }
     }
 
@@ -192,11 +196,14 @@ impl Nemesis {
                 self.members.slots[ix as usize].clock.set_drift_ppm(*ppm);
                 let err =
                     (ppm.unsigned_abs() * self.lease_ttl_secs as u64 * 1_000_000_000) / 1_000_000;
-                self.raise_clock_error(err);
+                self.clock_error.entry(ix).or_default().1 =
+                    self.clock_error.get(&ix).map(|e| e.1).unwrap_or(0).max(err);
+                self.raise_clock_error(ix);
             }
             Fault::ClockJump { by, .. } => {
                 self.members.slots[ix as usize].clock.jump(by.0);
-                self.raise_clock_error(by.as_nanos());
+                self.clock_error.entry(ix).or_default().0 += by.as_nanos();
+                self.raise_clock_error(ix);
             }
             Fault::AddLearner => self.add_learner().await,
             Fault::Promote => self.promote().await,
@@ -219,7 +226,9 @@ impl Nemesis {
         }
     }
 
-    fn raise_clock_error(&self, nanos: u64) {
+    fn raise_clock_error(&self, ix: NodeIx) {
+        let (jumps, drift) = self.clock_error.get(&ix).copied().unwrap_or_default();
+        let nanos = jumps + drift;
         self.rec.with_history(|h| {
             h.bounds.max_clock_error = h.bounds.max_clock_error.max(nanos);
         });
@@ -351,8 +360,10 @@ impl Nemesis {
             return;
         };
         let (ix, id) = (slot.ix, slot.id);
-        // A learner is promotable only once in sync with the leader: retry for a while.
-        for _ in 0..10 {
+        // A learner is promotable only once in sync with the leader: retry for a while, but
+        // never hold the timeline back by more than a few seconds.
+        let give_up = tokio::time::Instant::now() + Duration::from_secs(5);
+        while tokio::time::Instant::now() < give_up {
             let contact = self.contact();
             let promoted = self
                 .operator(move || async move {

@@ -22,9 +22,11 @@
 //!   A renewal whose answer was lost may be applied late: it counts as applied at healing (or
 //!   the check is skipped if faults never healed). Skipped when the run recorded no Raft
 //!   states, since leader changes are then unknown.
-//! - **Gone stays gone**: once a keep-alive answered TTL 0 or a revoke was acknowledged (after
-//!   the grant was acknowledged), no op called afterwards may renew the lease with TTL > 0,
-//!   attach a key to it, or read a key attached to it (linearizably).
+//! - **Gone stays gone**: once a revoke was acknowledged (after the grant was acknowledged),
+//!   no op called afterwards may renew the lease with TTL > 0, attach a key to it, or read a
+//!   key attached to it (linearizably). A keep-alive answering TTL 0 is no such proof: the
+//!   leader found the lease expired, but its revoke may not be committed yet (etcd keeps the
+//!   keys until it is, and a new leader re-extends the lease).
 //!
 //! Leases granted more than once (by id) are judged by the late-survival rule only: an
 //! earlier incarnation may have expired legitimately before the re-grant.
@@ -326,6 +328,10 @@ fn gone_stays_gone(h: &History, leases: &BTreeMap<i64, Lease>, f: &mut Findings)
         let Some(&gone) = lease
             .gone
             .iter()
+            // Only an applied revoke proves the keys gone: a keep-alive answering TTL 0 means
+            // the leader found the lease expired, but its revoke may still be uncommitted (the
+            // keys stay readable, and a new leader re-extends it), as in etcd.
+            .filter(|&&g| matches!(h.ops[g].call, Call::LeaseRevoke { .. }))
             .filter(|&&g| lease.granted_once_before(h, h.ops[g].invoke))
             .min_by_key(|&&g| h.ops[g].complete)
         else {

@@ -45,6 +45,13 @@ fn leader_between(h: &History, from: Nanos, to: Nanos) -> bool {
     records.sort_by_key(|r| r.at);
     let mut leading_since: std::collections::BTreeMap<NodeIx, Nanos> = Default::default();
     for r in records {
+        let ends_leadership = matches!(
+            r.event,
+            RaftEvent::State { .. } | RaftEvent::Started { .. } | RaftEvent::Stopped { .. }
+        );
+        if !ends_leadership {
+            continue;
+        }
         if let Some(since) = leading_since.remove(&r.node) {
             // Led over [since, r.at).
             if since <= to && r.at > from {
