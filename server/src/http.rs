@@ -75,6 +75,11 @@ pub async fn serve(
         .into_axum_router()
         .merge(crate::gateway::router(grpc, max_request_bytes))
         .merge(plain_routes(ctx.clone()));
+    // Small answers must not wait for the client's delayed ACK (Nagle): etcd's listeners set
+    // TCP_NODELAY too. Without it reads and watch events took ~40 ms each.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |s| {
+        let _ = s.set_nodelay(true);
+    });
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             let _ = shutdown.changed().await;

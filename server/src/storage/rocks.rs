@@ -216,6 +216,7 @@ impl RocksStore {
     /// The raft log half.
     pub fn log(&self) -> RocksLog {
         RocksLog {
+            last_index: None,
             store: self.clone(),
         }
     }
@@ -269,10 +270,35 @@ fn unseal(raw: &[u8]) -> Option<Vec<u8>> {
 #[derive(Debug)]
 pub struct RocksLog {
     store: RocksStore,
+    /// The highest entry index stored (read from the database on first use).
+    last_index: Option<u64>,
 }
 
 impl RocksLog {
-    fn write_tasks(&self, tasks: Vec<PersistTask>) -> Result<(), StorageError> {
+    /// The highest stored entry index (0 for an empty log).
+    fn last_index(&mut self) -> Result<u64, StorageError> {
+        if let Some(last) = self.last_index {
+            return Ok(last);
+        }
+        let store = &self.store;
+        let end = entry_key(u64::MAX);
+        let mut it = store.db.iterator_cf(
+            store.raft_cf(),
+            IteratorMode::From(&end, Direction::Reverse),
+        );
+        let last = match it.next() {
+            Some(Ok((key, _))) if key.first() == Some(&ENTRY_PREFIX) && key.len() == 9 => {
+                u64::from_be_bytes(key[1..].try_into().expect("8 bytes"))
+            }
+            Some(Err(e)) => return Err(store.io("read log end", e)),
+            _ => 0,
+        };
+        self.last_index = Some(last);
+        Ok(last)
+    }
+
+    fn write_tasks(&mut self, tasks: Vec<PersistTask>) -> Result<(), StorageError> {
+        let mut last = self.last_index()?;
         let store = &self.store;
         let cf = store.raft_cf();
         let mut batch = RocksBatch::default();
@@ -283,10 +309,17 @@ impl RocksLog {
                 // The state machine installed a snapshot: the log restarts after it.
                 batch.delete_range_cf(cf, entry_key(0), entry_key(index.0 + 1));
                 batch.put_cf(cf, KEY_COMPACTED, seal(&compaction_body(index, term)));
+                last = last.max(index.0);
             }
             if let Some(first) = task.entries.first() {
-                // An append replaces any stored suffix from its first index on.
-                batch.delete_range_cf(cf, entry_key(first.index), entry_key(u64::MAX));
+                // An append replaces any stored suffix from its first index on. Only a
+                // conflicting append overlaps stored entries; a range tombstone on every
+                // append piled up until RocksDB's memtable switch went quadratic (members
+                // stalled and ran out of memory after ~170 K writes).
+                if first.index <= last {
+                    batch.delete_range_cf(cf, entry_key(first.index), entry_key(last + 1));
+                }
+                last = task.entries.last().map(|e| e.index).unwrap_or(last);
                 for e in &task.entries {
                     let body = e.write_to_bytes().expect("encode raft entry");
                     batch.put_cf(cf, entry_key(e.index), seal(&body));
@@ -302,7 +335,9 @@ impl RocksLog {
         store
             .db
             .write_opt(batch, &opts)
-            .map_err(|e| store.io("append raft log", e))
+            .map_err(|e| store.io("append raft log", e))?;
+        self.last_index = Some(last);
+        Ok(())
     }
 }
 
@@ -508,6 +543,29 @@ mod tests {
         let got: Vec<_> = log.entries.iter().map(|e| (e.index, e.term)).collect();
         assert_eq!(got, vec![(1, 1), (2, 1), (3, 1), (4, 2)]);
         assert_eq!(log.hard_state.commit, 4);
+    }
+
+    #[test]
+    fn conflicting_append_after_reopen_replaces_the_stored_suffix() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let store = RocksStore::open(dir.path(), true).expect("open");
+            block_on(
+                store
+                    .log()
+                    .persist(vec![task(1, (1..=5).map(|i| entry(i, 1)).collect(), 2)]),
+            )
+            .expect("persist");
+        }
+        let store = RocksStore::open(dir.path(), false).expect("reopen");
+        let mut log = store.log();
+        // Appends that only extend the log leave no range delete behind; a conflicting one
+        // (index 3 of a later term) must find the stored end and cut it.
+        block_on(log.persist(vec![task(2, vec![entry(3, 2)], 2)])).expect("persist");
+        block_on(log.persist(vec![task(3, vec![entry(4, 2)], 2)])).expect("persist");
+        let loaded = store.load_log().expect("load");
+        let got: Vec<_> = loaded.entries.iter().map(|e| (e.index, e.term)).collect();
+        assert_eq!(got, vec![(1, 1), (2, 1), (3, 2), (4, 2)]);
     }
 
     #[test]
