@@ -1,8 +1,11 @@
-//! Shared pieces of Strata's benches and local demo: the request shapes the benches measure.
+//! Shared pieces of Strata's benches and local demo: the request shapes the benches measure,
+//! and the load generator ([`load`]) that measures a running cluster, Strata's or etcd's.
 //!
 //! The put shape is the one etcd's performance guide measures (`benchmark put --key-size=8
 //! --val-size=256`; Strata's keys are 10 bytes so they stay ordered), so once the server exists
 //! its figures can sit next to etcd's for the same workload.
+
+pub mod load;
 
 use strata_engine::proto::etcdserverpb::PutRequest;
 

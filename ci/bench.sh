@@ -1,0 +1,188 @@
+#!/usr/bin/env bash
+# Side-by-side benchmark: a 3-member etcd 3.4 cluster and a 3-member Strata cluster on
+# loopback, both started with the same flags (election and heartbeat defaults, the same
+# --quota-backend-bytes, each binary's default --snapshot-count unless BENCH_SNAPSHOT_COUNT is
+# set), data dirs on the same disk, every write fsynced. Each workload runs BENCH_REPS times
+# against each cluster, alternating which goes first so both share the machine's noise; the
+# report holds the median of each metric, strata/etcd ratios and the members' memory after
+# the load, printed and written as markdown.
+#   bash ci/bench.sh [report.md]      default: $CARGO_TARGET_DIR/bench-report.md
+# Knobs (environment): BENCH_REPS (3), BENCH_CONNS (4), BENCH_CLIENTS (16), BENCH_PUT_TOTAL,
+# BENCH_RANGE_TOTAL, BENCH_TXN_TOTAL, BENCH_WATCH_TOTAL, BENCH_LEASE_TOTAL, BENCH_VAL_SIZE (256),
+# BENCH_MAX_SECS (15), BENCH_SNAPSHOT_COUNT, BENCH_KEEP=1 (keep data dirs and logs).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/strata/target}"
+report_md="${1:-$CARGO_TARGET_DIR/bench-report.md}"
+
+reps="${BENCH_REPS:-3}"
+conns="${BENCH_CONNS:-4}"
+clients="${BENCH_CLIENTS:-16}"
+key_size=8
+val_size="${BENCH_VAL_SIZE:-256}"
+quota=$((2 * 1024 * 1024 * 1024)) # etcd's default, given explicitly to both
+# Totals are sized so each etcd measurement lasts 3-15 s on a 2-core machine; a measurement
+# also ends after BENCH_MAX_SECS (15), which bounds the run against a slow system (the report's
+# `ops` column shows how many operations a capped run completed). The writes of a whole run
+# (~120 K at these totals) stay below the ~160 K raft entries after which Strata 75d7f6c's
+# members stall and run out of memory: each log append adds a RocksDB range tombstone, and the
+# first memtable switch fragments them all (README, Performance).
+max_secs="${BENCH_MAX_SECS:-15}"
+workloads=(
+  "put-seq|${BENCH_PUT_TOTAL:-12000}|put --sequential-keys --key-space-size 100000"
+  "put-random|${BENCH_PUT_TOTAL:-12000}|put --key-space-size 100000"
+  "range-linearizable|${BENCH_RANGE_TOTAL:-30000}|range --consistency l --key-space-size 1000"
+  "range-serializable|${BENCH_RANGE_TOTAL:-40000}|range --consistency s --key-space-size 1000"
+  "txn-put|${BENCH_TXN_TOTAL:-10000}|txn-put"
+  "watch-latency|${BENCH_WATCH_TOTAL:-10000}|watch-latency"
+  "lease-keepalive|${BENCH_LEASE_TOTAL:-100000}|lease-keepalive"
+)
+
+command -v etcd >/dev/null 2>&1 || bash ci/setup.sh
+command -v etcd >/dev/null 2>&1 || { echo "ci/bench.sh: no etcd binary (apt: etcd-server)" >&2; exit 1; }
+command -v ss >/dev/null 2>&1 || { echo "ci/bench.sh: needs ss (apt: iproute2)" >&2; exit 1; }
+# Built one at a time so strata-server keeps its own feature set (and its cached build).
+cargo build --release --locked -p strata-server --bin strata
+cargo build --release --locked -p strata-bench --bin strata-bench
+
+started=$(date +%s)
+work="$(mktemp -d "${TMPDIR:-/tmp}/strata-bench.XXXXXX")"
+# Private copies: a rebuild in the shared target dir must not swap binaries mid-run.
+cp "$CARGO_TARGET_DIR/release/strata" "$CARGO_TARGET_DIR/release/strata-bench" "$work/"
+bench="$work/strata-bench"
+pids=()
+
+cleanup() {
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  if [ "${BENCH_KEEP:-0}" = 1 ]; then echo "ci/bench.sh: kept $work" >&2; else rm -rf "$work"; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# Twelve consecutive free ports below the ephemeral range (outgoing connections take those).
+port_free() { [ -z "$(ss -Htan "( sport = :$1 )")" ]; }
+base=""
+for candidate in $(seq 21000 100 31900); do
+  ok=1
+  for offset in $(seq 0 11); do port_free $((candidate + offset)) || { ok=0; break; }; done
+  [ "$ok" = 1 ] && { base=$candidate; break; }
+done
+[ -n "$base" ] || { echo "ci/bench.sh: no 12 free ports in 21000-31999" >&2; exit 1; }
+
+# start_cluster SYSTEM BINARY FIRST_PORT: members SYSTEM1..3, client ports FIRST_PORT+0,2,4,
+# peer ports +1,3,5. Appends the pids to `pids`, one per member, in member order.
+start_cluster() {
+  local system=$1 binary=$2 first=$3 cluster="" i
+  for i in 1 2 3; do
+    cluster+="${cluster:+,}$system$i=http://127.0.0.1:$((first + 2 * i - 1))"
+  done
+  for i in 1 2 3; do
+    local c=$((first + 2 * i - 2)) p=$((first + 2 * i - 1))
+    local flags=(
+      --name "$system$i" --data-dir "$work/$system$i"
+      --listen-client-urls "http://127.0.0.1:$c" --advertise-client-urls "http://127.0.0.1:$c"
+      --listen-peer-urls "http://127.0.0.1:$p" --initial-advertise-peer-urls "http://127.0.0.1:$p"
+      --initial-cluster-token "bench-$system" --initial-cluster "$cluster"
+      --initial-cluster-state new --quota-backend-bytes "$quota"
+      --logger zap --log-outputs "$work/$system$i.log"
+    )
+    [ -n "${BENCH_SNAPSHOT_COUNT:-}" ] && flags+=(--snapshot-count "$BENCH_SNAPSHOT_COUNT")
+    "$binary" "${flags[@]}" 2>>"$work/$system$i.stderr" &
+    pids+=($!)
+  done
+}
+
+endpoints_of() { # FIRST_PORT
+  echo "127.0.0.1:$1,127.0.0.1:$(($1 + 2)),127.0.0.1:$(($1 + 4))"
+}
+
+wait_healthy() { # SYSTEM FIRST_PORT
+  local i c
+  for _ in $(seq 1 150); do
+    local healthy=0
+    for i in 0 1 2; do
+      c=$(($2 + 2 * i))
+      curl -fs "http://127.0.0.1:$c/health" 2>/dev/null | grep -q '"health":"true"' &&
+        healthy=$((healthy + 1))
+    done
+    [ "$healthy" = 3 ] && return 0
+    sleep 0.2
+  done
+  echo "ci/bench.sh: $1 members not healthy; logs:" >&2
+  tail -n 20 "$work/$1"*.log "$work/$1"*.stderr >&2 || true
+  exit 1
+}
+
+all_alive() {
+  local pid
+  for pid in "${pids[@]}"; do
+    kill -0 "$pid" 2>/dev/null || { echo "ci/bench.sh: member pid $pid exited; logs in $work" >&2; BENCH_KEEP=1; exit 1; }
+  done
+}
+
+etcd_port=$base strata_port=$((base + 6))
+start_cluster etcd /usr/bin/etcd "$etcd_port"
+start_cluster strata "$work/strata" "$strata_port"
+wait_healthy etcd "$etcd_port"
+wait_healthy strata "$strata_port"
+echo "etcd $(/usr/bin/etcd --version | head -1 | awk '{print $3}') on $(endpoints_of "$etcd_port")"
+echo "strata $(git rev-parse --short HEAD) on $(endpoints_of "$strata_port")"
+
+results="$work/results.jsonl"
+failed=()
+run_one() { # SYSTEM REP NAME TOTAL ARGS...
+  local system=$1 rep=$2 name=$3 total=$4 port
+  shift 4
+  [ "$system" = etcd ] && port=$etcd_port || port=$strata_port
+  if "$bench" --endpoints "$(endpoints_of "$port")" --conns "$conns" --clients "$clients" \
+    --total "$total" --max-secs "$max_secs" --key-size "$key_size" --val-size "$val_size" \
+    --json --label "$system" --rep "$rep" "$@" >>"$results" 2>>"$work/bench.stderr"; then
+    tail -n 1 "$results" | sed 's/^/  /'
+  else
+    failed+=("$system $name rep $rep")
+    echo "  $system $name rep $rep FAILED: $(tail -n 1 "$work/bench.stderr")" >&2
+  fi
+  all_alive
+}
+
+for rep in $(seq 1 "$reps"); do
+  for entry in "${workloads[@]}"; do
+    IFS='|' read -r name total args <<<"$entry"
+    # Odd repetitions measure etcd first, even ones Strata first.
+    if [ $((rep % 2)) = 1 ]; then order=(etcd strata); else order=(strata etcd); fi
+    for system in "${order[@]}"; do
+      echo "rep $rep/$reps: $name on $system"
+      # shellcheck disable=SC2086 # ARGS are words on purpose
+      run_one "$system" "$rep" "$name" "$total" $args
+    done
+  done
+done
+
+rss="$work/rss.txt"
+for i in 0 1 2; do echo "etcd etcd$((i + 1)) $(awk '/^VmRSS/ {print $2}' "/proc/${pids[$i]}/status")"; done >"$rss"
+for i in 0 1 2; do echo "strata strata$((i + 1)) $(awk '/^VmRSS/ {print $2}' "/proc/${pids[$((i + 3))]}/status")"; done >>"$rss"
+
+elapsed=$(($(date +%s) - started))
+mkdir -p "$(dirname "$report_md")"
+{
+  echo "Side-by-side on $(date -u +%Y-%m-%d), $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')),"
+  echo "etcd $(/usr/bin/etcd --version | head -1 | awk '{print $3}') vs strata $(git rev-parse --short HEAD);"
+  echo "3 members each on loopback, $clients clients over $conns connections, key $key_size B,"
+  echo "value $val_size B; medians of $reps runs each, a run capped at $max_secs s;"
+  echo "\`bash ci/bench.sh\` took ${elapsed} s."
+  echo
+  "$bench" report --results "$results" --rss "$rss"
+  if [ ${#failed[@]} -gt 0 ]; then
+    echo
+    echo "Failed runs: ${failed[*]}"
+  fi
+} >"$report_md"
+if [ -s "$work/bench.stderr" ]; then
+  echo "load generator messages:" >&2
+  sort "$work/bench.stderr" | uniq -c | sort -rn | head -n 20 >&2
+fi
+echo
+cat "$report_md"
+echo
+echo "report written to $report_md"
