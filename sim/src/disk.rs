@@ -188,6 +188,14 @@ impl SimDisk {
         self.state().slow = by;
     }
 
+    /// Ends every injected fault still pending (the final heal): no slowness, no armed fsync
+    /// error. Bit rot already on the platter stays.
+    pub fn heal(&self) {
+        let mut st = self.state();
+        st.slow = Duration::ZERO;
+        st.fail_next_fsync = false;
+    }
+
     /// Replays the durable records.
     pub fn load(&self) -> Result<Loaded, StorageError> {
         let records = self.state().durable.clone();

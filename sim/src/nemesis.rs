@@ -271,7 +271,7 @@ impl Nemesis {
         self.heal_network();
         for ix in self.members.present() {
             let slot = &self.members.slots[ix as usize];
-            slot.disk.set_slow(Duration::ZERO);
+            slot.disk.heal();
             slot.clock.set_drift_ppm(0);
             match slot.life {
                 Life::Paused => self.members.resume(ix),
