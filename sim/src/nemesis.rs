@@ -19,8 +19,8 @@ use madsim::net::NetSim;
 use madsim::rand::Rng;
 use madsim::runtime::{Handle as SimHandle, NodeHandle};
 use strata_engine::proto::etcdserverpb::{
-    DefragmentRequest, MemberAddRequest, MemberPromoteRequest, MemberRemoveRequest,
-    MoveLeaderRequest, RangeRequest,
+    DefragmentRequest, MemberAddRequest, MemberListRequest, MemberPromoteRequest,
+    MemberRemoveRequest, MoveLeaderRequest, RangeRequest,
 };
 use strata_server::api::pb::etcdserverpb::{
     cluster_client::ClusterClient, kv_client::KvClient, maintenance_client::MaintenanceClient,
@@ -398,13 +398,35 @@ impl Nemesis {
                     .map(|_| ())
             })
             .await;
-        match removed {
-            Ok(()) => {
-                self.rec.log(format!("remove: s{ix} removed"));
-                self.members.kill(ix);
-                self.members.slots[ix as usize].life = Life::Removed;
+        let removed = match removed {
+            Ok(()) => true,
+            Err(e) => {
+                // The answer may be lost although the removal committed (the leader removing
+                // itself stops at once): ask the others, as an operator would.
+                self.rec
+                    .log(format!("remove s{ix}: {e}; checking the member list"));
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                let other = self
+                    .members
+                    .present()
+                    .into_iter()
+                    .find(|&o| o != ix && self.members.is_running(o))
+                    .unwrap_or(contact);
+                let listed = self
+                    .operator(move || async move {
+                        ClusterClient::new(channel(other))
+                            .member_list(MemberListRequest { linearizable: true })
+                            .await
+                            .map(|r| r.into_inner().members.iter().any(|m| m.id == id))
+                    })
+                    .await;
+                matches!(listed, Ok(false))
             }
-            Err(e) => self.rec.log(format!("remove s{ix}: {e}")),
+        };
+        if removed {
+            self.rec.log(format!("remove: s{ix} removed"));
+            self.members.kill(ix);
+            self.members.slots[ix as usize].life = Life::Removed;
         }
     }
 
