@@ -106,22 +106,7 @@ impl Nemesis {
     /// Applies one fault now.
     pub async fn apply(&mut self, fault: &Fault) {
         let kind = fault.kind();
-        let target = match fault {
-            Fault::Isolate { node }
-            | Fault::Kill { node, .. }
-            | Fault::Restart { node }
-            | Fault::Pause { node }
-            | Fault::Resume { node }
-            | Fault::FsyncError { node }
-            | Fault::SlowDisk { node, .. }
-            | Fault::Bitrot { node }
-            | Fault::ClockDrift { node, .. }
-            | Fault::ClockJump { node, .. }
-            | Fault::Remove { node }
-            | Fault::Defrag { node } => Some(node),
-            Fault::TransferLeader { to } => Some(to),
-            _ => None,
-        };
+        let target = fault.target();
         let ix = match target {
             Some(t) => match self.resolve(t) {
                 Some(ix) => Some(ix),

@@ -288,14 +288,9 @@ impl Fault {
         }
     }
 
-    fn indexes(&self) -> Vec<u32> {
-        let target = |t: &Target| match t {
-            Target::Index(i) => vec![*i],
-            _ => vec![],
-        };
+    /// The member a single-member fault acts on.
+    pub fn target(&self) -> Option<&Target> {
         match self {
-            Fault::Partition { groups } => groups.iter().flatten().copied().collect(),
-            Fault::OneWay { from, to } => from.iter().chain(to).copied().collect(),
             Fault::Isolate { node }
             | Fault::Kill { node, .. }
             | Fault::Restart { node }
@@ -307,9 +302,21 @@ impl Fault {
             | Fault::ClockDrift { node, .. }
             | Fault::ClockJump { node, .. }
             | Fault::Remove { node }
-            | Fault::Defrag { node } => target(node),
-            Fault::TransferLeader { to } => target(to),
-            _ => vec![],
+            | Fault::Defrag { node } => Some(node),
+            Fault::TransferLeader { to } => Some(to),
+            _ => None,
+        }
+    }
+
+    /// Member indexes the fault names explicitly.
+    pub fn indexes(&self) -> Vec<u32> {
+        match self {
+            Fault::Partition { groups } => groups.iter().flatten().copied().collect(),
+            Fault::OneWay { from, to } => from.iter().chain(to).copied().collect(),
+            _ => match self.target() {
+                Some(Target::Index(i)) => vec![*i],
+                _ => vec![],
+            },
         }
     }
 }

@@ -8,7 +8,7 @@
 //! result is a plain scenario file anyone can run.
 
 use crate::run::run;
-use crate::scenario::{Fault, Scenario, Span, Target};
+use crate::scenario::{Fault, Scenario, Span};
 
 /// Most simulated runs one shrink may spend.
 const BUDGET: usize = 400;
@@ -103,25 +103,7 @@ fn candidates(s: &Scenario) -> Vec<Scenario> {
 }
 
 fn fault_fits(f: &Fault, voters: u32) -> bool {
-    let ok = |t: &Target| !matches!(t, Target::Index(i) if *i >= voters);
-    match f {
-        Fault::Partition { groups } => groups.iter().flatten().all(|i| *i < voters),
-        Fault::OneWay { from, to } => from.iter().chain(to).all(|i| *i < voters),
-        Fault::Isolate { node }
-        | Fault::Kill { node, .. }
-        | Fault::Restart { node }
-        | Fault::Pause { node }
-        | Fault::Resume { node }
-        | Fault::FsyncError { node }
-        | Fault::SlowDisk { node, .. }
-        | Fault::Bitrot { node }
-        | Fault::ClockDrift { node, .. }
-        | Fault::ClockJump { node, .. }
-        | Fault::Remove { node }
-        | Fault::Defrag { node } => ok(node),
-        Fault::TransferLeader { to } => ok(to),
-        _ => true,
-    }
+    f.indexes().iter().all(|i| *i < voters)
 }
 
 /// The outcome of a shrink.
