@@ -4,7 +4,10 @@
 //! descriptor set prost-build writes, so both derive from one parse of the `.proto` files.
 
 fn main() {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../proto");
+    // Read at run time, not with `env!`: a build script binary cached in a shared target dir
+    // may have been compiled in another clone.
+    let manifest_dir = std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
+    let root = std::path::Path::new(&manifest_dir).join("../proto");
     let files = [
         "mvccpb/kv.proto",
         "authpb/auth.proto",

@@ -3,7 +3,10 @@
 //! engine and the services share one set of types.
 
 fn main() {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../proto");
+    // Read at run time, not with `env!`: a build script binary cached in a shared target dir
+    // may have been compiled in another clone.
+    let manifest_dir = std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
+    let root = std::path::Path::new(&manifest_dir).join("../proto");
     let files = [
         "etcdserverpb/rpc.proto",
         "v3lockpb/v3lock.proto",

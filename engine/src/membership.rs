@@ -75,6 +75,11 @@ impl Members {
         self.removed.contains(&id)
     }
 
+    /// Ids of every member ever removed.
+    pub fn removed(&self) -> &BTreeSet<NodeId> {
+        &self.removed
+    }
+
     pub fn len(&self) -> usize {
         self.members.len()
     }

@@ -507,6 +507,11 @@ impl<B: KvBackend> Node<B> {
         Term(self.raw.raft.term)
     }
 
+    /// Whom this node voted for in the current term.
+    pub fn vote(&self) -> Option<NodeId> {
+        (self.raw.raft.vote != 0).then_some(NodeId(self.raw.raft.vote))
+    }
+
     pub fn commit_index(&self) -> LogIndex {
         LogIndex(self.raw.raft.raft_log.committed)
     }

@@ -22,7 +22,8 @@
 //! [`ServerBackend`] (the engine's MVCC backend plus defragment) and [`LogStorage`], so the
 //! simulator runs this very loop over simulated TCP and a fault-injecting disk.
 
-use std::collections::{BTreeMap, HashMap};
+use raft::eraftpb::MessageType;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -66,6 +67,8 @@ pub enum Observation {
     Applied(AppliedEntry),
     /// The commit index moved.
     Committed(LogIndex),
+    /// This member granted its vote (a vote response leaves only once the vote is durable).
+    VoteGranted { term: Term, candidate: NodeId },
 }
 
 /// Receives [`Observation`]s synchronously from the driver loop; must not block.
@@ -104,6 +107,8 @@ pub enum Command {
 pub struct View {
     pub leader: Option<NodeId>,
     pub term: Term,
+    /// Whom this member voted for in `term`.
+    pub vote: Option<NodeId>,
     pub members: Vec<MemberRecord>,
     pub applied: LogIndex,
     pub commit: LogIndex,
@@ -268,6 +273,7 @@ pub struct Driver<B: ServerBackend> {
     time: LocalTime,
     observer: Option<Observer>,
     peers: BTreeMap<NodeId, Vec<String>>,
+    removed: BTreeSet<NodeId>,
     name: String,
     client_urls: Vec<String>,
 }
@@ -290,7 +296,7 @@ impl<B: ServerBackend> Driver<B> {
             clock,
             observer,
         } = parts;
-        transport.set_peers(initial_peers.clone());
+        transport.set_members(initial_peers.clone(), BTreeSet::new());
         let mut config = config;
         config.record_applied = observer.is_some();
         let node = Node::open(config.clone(), backend, persisted)?;
@@ -322,6 +328,7 @@ impl<B: ServerBackend> Driver<B> {
             time: LocalTime::new(clock),
             observer,
             peers: initial_peers,
+            removed: BTreeSet::new(),
             name,
             client_urls,
         };
@@ -387,7 +394,10 @@ impl<B: ServerBackend> Driver<B> {
                         ticker.reset();
                     }
                 }
-                Some(ev) = self.peer_events.recv() => inputs.push(self.peer_input(ev)),
+                Some(ev) = self.peer_events.recv() => match self.peer_input(ev) {
+                    Ok(input) => inputs.push(input),
+                    Err(stopped) => return stopped,
+                },
                 Some(cmd) = self.commands.recv() => self.command(cmd, &mut inputs),
             }
             // Drain what is already queued, so a burst costs one step and one log write.
@@ -398,7 +408,10 @@ impl<B: ServerBackend> Driver<B> {
                         Err(e) => return Stopped::Storage(e),
                     }
                 } else if let Ok(ev) = self.peer_events.try_recv() {
-                    inputs.push(self.peer_input(ev));
+                    match self.peer_input(ev) {
+                        Ok(input) => inputs.push(input),
+                        Err(stopped) => return stopped,
+                    }
                 } else if let Ok(cmd) = self.commands.try_recv() {
                     self.command(cmd, &mut inputs);
                 } else {
@@ -414,8 +427,10 @@ impl<B: ServerBackend> Driver<B> {
         }
     }
 
-    fn peer_input(&self, ev: PeerEvent) -> Input {
-        match ev {
+    /// The engine input for a transport event; a peer's word that this member was removed
+    /// stops the node.
+    fn peer_input(&self, ev: PeerEvent) -> Result<Input, Stopped> {
+        Ok(match ev {
             PeerEvent::Message(m) => Input::Message(m),
             PeerEvent::Unreachable(id) => {
                 self.shared
@@ -425,7 +440,11 @@ impl<B: ServerBackend> Driver<B> {
                 Input::Unreachable(id)
             }
             PeerEvent::SnapshotSent { to, ok } => Input::SnapshotSent { to, ok },
-        }
+            PeerEvent::RemovedFromCluster { by } => {
+                tracing::warn!(peer = %format!("{:x}", by.0), "a peer says this member was removed from the cluster");
+                return Err(Stopped::Removed);
+            }
+        })
     }
 
     fn command(&mut self, cmd: Command, inputs: &mut Vec<Input>) {
@@ -485,7 +504,17 @@ impl<B: ServerBackend> Driver<B> {
 
     fn execute(&mut self, output: Output) -> Result<(), Stopped> {
         match output {
-            Output::Send(msg) => self.transport.send(msg),
+            Output::Send(msg) => {
+                if let Some(observer) = &self.observer {
+                    if msg.get_msg_type() == MessageType::MsgRequestVoteResponse && !msg.reject {
+                        observer(Observation::VoteGranted {
+                            term: Term(msg.term),
+                            candidate: NodeId(msg.to),
+                        });
+                    }
+                }
+                self.transport.send(msg);
+            }
             Output::Persist(task) => {
                 let _ = self.storage.send(StorageJob::Persist(task));
             }
@@ -563,6 +592,7 @@ impl<B: ServerBackend> Driver<B> {
             }
             view.leader = node.leader();
             view.term = node.term();
+            view.vote = node.vote();
             view.applied = applied;
             view.commit = node.commit_index();
             view.revision = node.revision().0;
@@ -609,9 +639,16 @@ impl<B: ServerBackend> Driver<B> {
                 .filter(|m| m.id != self.shared.id.0)
                 .map(|m| (NodeId(m.id), m.peer_urls.clone()))
                 .collect();
-            if !peers.is_empty() && peers != self.peers {
-                self.transport.set_peers(peers.clone());
-                self.peers = peers;
+            // A joining member has applied no membership yet: it keeps the peers it was given.
+            let peers_changed = !peers.is_empty() && peers != self.peers;
+            let removed_changed = sm.members.removed() != &self.removed;
+            if peers_changed || removed_changed {
+                if peers_changed {
+                    self.peers = peers;
+                }
+                self.removed = sm.members.removed().clone();
+                self.transport
+                    .set_members(self.peers.clone(), self.removed.clone());
             }
         }
     }

@@ -188,7 +188,7 @@ pub async fn start(
     };
 
     let (peer_tx, peer_rx) = mpsc::unbounded_channel();
-    let transport = Transport::new(id, identity.cluster_id, peer_tx.clone());
+    let transport = Transport::new(id, identity.cluster_id, cfg.peer_urls.clone(), peer_tx);
     let (driver, handle) = Driver::start(Parts {
         config,
         name: cfg.name.clone(),
@@ -196,7 +196,7 @@ pub async fn start(
         backend: store.backend(),
         log: store.log(),
         persisted,
-        transport,
+        transport: transport.clone(),
         initial_peers: known_members
             .iter()
             .filter(|m| m.id != id.0)
@@ -212,13 +212,7 @@ pub async fn start(
         let listener = bind(url).await?;
         let shared = handle.shared.clone();
         let members: MembersSource = std::sync::Arc::new(move || shared.view().members);
-        tokio::spawn(transport::serve(
-            listener,
-            id,
-            identity.cluster_id,
-            peer_tx.clone(),
-            members,
-        ));
+        tokio::spawn(transport::serve(listener, transport.clone(), members));
     }
 
     let mut ctx = Ctx::new(handle.clone());

@@ -1,8 +1,17 @@
 //! Peer transport: raft messages between members over ordered TCP streams.
 //!
 //! Each member dials every peer it sends to and keeps one outgoing stream per peer; peers'
-//! incoming streams are read by the listener. A stream opens with a `Hello` naming the cluster
-//! and both members, so a member of another cluster (or a stale address) is refused at once.
+//! incoming streams are read by the listener. A stream opens with a `Hello` naming the cluster,
+//! both members and the dialer's peer URLs, and the listener answers it before any message
+//! flows:
+//! - another cluster or a stale address: refused, the dialer backs off and redials;
+//! - a member this one knows was removed: refused as removed, and the dialer stops (etcd's
+//!   "the member has been permanently removed from the cluster"), so a removed member that is
+//!   restarted from its old data dir does not go on serving stale reads;
+//! - a member this one does not know yet (it joined while this one was down, and this one has
+//!   not applied its addition): accepted, and its URLs kept as a *remote* so this member can
+//!   answer it — without that, a restarted member behind a newly added leader never catches up.
+//!
 //! Messages to one peer go out in the order sent. A peer that cannot be reached is redialed
 //! with exponential back-off (50 ms → 2 s), and the engine is told (`Unreachable`) so raft
 //! probes instead of streaming appends. A full send queue drops the message (raft retries),
@@ -15,7 +24,7 @@
 //!
 //! Frame: `u32` big-endian length of what follows, a kind byte, the payload.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -40,13 +49,28 @@ const KIND_RAFT: u8 = 2;
 const KIND_SNAPSHOT_CHUNK: u8 = 3;
 const KIND_MEMBERS_REQUEST: u8 = 4;
 const KIND_MEMBERS_RESPONSE: u8 = 5;
+const KIND_HELLO_ACK: u8 = 6;
+
+/// The listener's answer to a hello.
+const ACK_OK: u8 = 0;
+const ACK_REMOVED: u8 = 1;
+const ACK_MISMATCH: u8 = 2;
+/// How long a dialer waits for the answer to its hello before it treats the peer as down.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// What the transport reports to the driver.
 #[derive(Debug)]
 pub enum PeerEvent {
     Message(Box<Message>),
     Unreachable(NodeId),
-    SnapshotSent { to: NodeId, ok: bool },
+    SnapshotSent {
+        to: NodeId,
+        ok: bool,
+    },
+    /// A peer refused this member's stream: this member was removed from the cluster.
+    RemovedFromCluster {
+        by: NodeId,
+    },
 }
 
 /// Answers a joining member's `MembersRequest` with the current member list.
@@ -69,23 +93,42 @@ impl std::fmt::Debug for Transport {
 struct Inner {
     id: NodeId,
     cluster_id: u64,
+    /// This member's advertised peer URLs, sent in every hello.
+    urls: Vec<String>,
     events: mpsc::UnboundedSender<PeerEvent>,
-    peers: Mutex<HashMap<NodeId, Peer>>,
+    directory: Mutex<Directory>,
+}
+
+#[derive(Default)]
+struct Directory {
+    peers: HashMap<NodeId, Peer>,
+    /// Members removed from the cluster: never dialed, their streams refused.
+    removed: BTreeSet<NodeId>,
 }
 
 struct Peer {
     urls: Vec<String>,
     queue: mpsc::Sender<Message>,
+    /// Learnt from the peer's own hello, not from the applied membership (etcd's "remote"):
+    /// kept until the membership names the peer or its removal.
+    remote: bool,
 }
 
 impl Transport {
-    pub fn new(id: NodeId, cluster_id: u64, events: mpsc::UnboundedSender<PeerEvent>) -> Transport {
+    /// `urls` are this member's advertised peer URLs, told to every peer it dials.
+    pub fn new(
+        id: NodeId,
+        cluster_id: u64,
+        urls: Vec<String>,
+        events: mpsc::UnboundedSender<PeerEvent>,
+    ) -> Transport {
         Transport {
             inner: Arc::new(Inner {
                 id,
                 cluster_id,
+                urls,
                 events,
-                peers: Mutex::new(HashMap::new()),
+                directory: Mutex::new(Directory::default()),
             }),
         }
     }
@@ -94,8 +137,8 @@ impl Transport {
     pub fn send(&self, msg: Message) {
         let to = NodeId(msg.to);
         let is_snapshot = msg.get_msg_type() == MessageType::MsgSnapshot;
-        let peers = self.inner.peers.lock().expect("peers lock");
-        let Some(peer) = peers.get(&to) else {
+        let peers = self.inner.directory.lock().expect("directory lock");
+        let Some(peer) = peers.peers.get(&to) else {
             drop(peers);
             self.report_failure(to, is_snapshot);
             return;
@@ -116,18 +159,59 @@ impl Transport {
         }
     }
 
-    /// Makes the peer set match `peers` (every member but this one, with its peer URLs):
-    /// starts a sender for new or moved peers, stops senders of removed ones.
-    pub fn set_peers(&self, peers: BTreeMap<NodeId, Vec<String>>) {
-        let mut current = self.inner.peers.lock().expect("peers lock");
-        current.retain(|id, p| peers.get(id) == Some(&p.urls));
+    /// Makes the peer set match the membership: `peers` is every member but this one, with
+    /// its peer URLs, `removed` the ids removed from the cluster. Starts a sender for new or
+    /// moved peers, stops senders of peers no longer members; a remote stays until the
+    /// membership names it or its removal.
+    pub fn set_members(&self, peers: BTreeMap<NodeId, Vec<String>>, removed: BTreeSet<NodeId>) {
+        let mut dir = self.inner.directory.lock().expect("directory lock");
+        dir.peers.retain(|id, p| match peers.get(id) {
+            Some(urls) => *urls == p.urls,
+            None => p.remote && !removed.contains(id),
+        });
         for (id, urls) in peers {
-            if id == self.inner.id || current.contains_key(&id) || urls.is_empty() {
+            if id == self.inner.id || urls.is_empty() {
                 continue;
             }
-            let (tx, rx) = mpsc::channel(QUEUE_LEN);
-            tokio::spawn(sender_loop(self.inner.clone(), id, urls.clone(), rx));
-            current.insert(id, Peer { urls, queue: tx });
+            match dir.peers.get_mut(&id) {
+                Some(peer) => peer.remote = false,
+                None => {
+                    let peer = self.start_sender(id, urls, false);
+                    dir.peers.insert(id, peer);
+                }
+            }
+        }
+        dir.removed = removed;
+    }
+
+    /// A hello came from `id`, which this member does not know yet: keep its URLs so raft's
+    /// answers reach it.
+    fn learn_remote(&self, id: NodeId, urls: Vec<String>) {
+        let mut dir = self.inner.directory.lock().expect("directory lock");
+        if id == self.inner.id
+            || urls.is_empty()
+            || dir.removed.contains(&id)
+            || dir.peers.contains_key(&id)
+        {
+            return;
+        }
+        tracing::info!(peer = %format!("{:x}", id.0), urls = %urls.join(","), "answering a member not yet in the applied membership");
+        let peer = self.start_sender(id, urls, true);
+        dir.peers.insert(id, peer);
+    }
+
+    fn is_removed(&self, id: NodeId) -> bool {
+        let dir = self.inner.directory.lock().expect("directory lock");
+        dir.removed.contains(&id)
+    }
+
+    fn start_sender(&self, id: NodeId, urls: Vec<String>, remote: bool) -> Peer {
+        let (tx, rx) = mpsc::channel(QUEUE_LEN);
+        tokio::spawn(sender_loop(self.inner.clone(), id, urls.clone(), rx));
+        Peer {
+            urls,
+            queue: tx,
+            remote,
         }
     }
 }
@@ -141,6 +225,41 @@ pub fn url_host_port(url: &str) -> &str {
     rest.trim_end_matches('/')
 }
 
+/// Why a dial did not give an open stream.
+enum DialError {
+    /// Unreachable, refused as another cluster's, or no answer: back off and redial.
+    Down(String),
+    /// The peer says this member was removed from the cluster.
+    Removed,
+}
+
+/// Dials `addr`, says hello and waits for the answer.
+async fn dial(inner: &Inner, to: NodeId, addr: &str) -> Result<TcpStream, DialError> {
+    let mut stream = TcpStream::connect(addr)
+        .await
+        .map_err(|e| DialError::Down(e.to_string()))?;
+    let _ = stream.set_nodelay(true);
+    let mut hello = Vec::with_capacity(64);
+    hello.extend_from_slice(&inner.cluster_id.to_be_bytes());
+    hello.extend_from_slice(&inner.id.0.to_be_bytes());
+    hello.extend_from_slice(&to.0.to_be_bytes());
+    hello.extend_from_slice(inner.urls.join(",").as_bytes());
+    write_frame(&mut stream, KIND_HELLO, &hello)
+        .await
+        .map_err(|e| DialError::Down(e.to_string()))?;
+    let answer = tokio::time::timeout(HELLO_TIMEOUT, read_frame(&mut stream)).await;
+    match answer {
+        Err(_) => Err(DialError::Down("no answer to hello".into())),
+        Ok(Err(e)) => Err(DialError::Down(e.to_string())),
+        Ok(Ok((KIND_HELLO_ACK, ack))) if ack == [ACK_OK] => Ok(stream),
+        Ok(Ok((KIND_HELLO_ACK, ack))) if ack == [ACK_REMOVED] => Err(DialError::Removed),
+        Ok(Ok((KIND_HELLO_ACK, ack))) if ack == [ACK_MISMATCH] => Err(DialError::Down(
+            "refused: another cluster, or another member at that address".into(),
+        )),
+        Ok(Ok(_)) => Err(DialError::Down("unexpected answer to hello".into())),
+    }
+}
+
 async fn sender_loop(
     inner: Arc<Inner>,
     to: NodeId,
@@ -152,10 +271,15 @@ async fn sender_loop(
     'connect: loop {
         let addr = url_host_port(&urls[attempt % urls.len()]).to_string();
         attempt += 1;
-        let stream = match TcpStream::connect(&addr).await {
+        let stream = match dial(&inner, to, &addr).await {
             Ok(s) => s,
-            Err(e) => {
-                tracing::debug!(peer = %format!("{:x}", to.0), %addr, error = %e, "peer unreachable");
+            Err(DialError::Removed) => {
+                tracing::warn!(peer = %format!("{:x}", to.0), %addr, "peer refused this member: removed from the cluster");
+                let _ = inner.events.send(PeerEvent::RemovedFromCluster { by: to });
+                return;
+            }
+            Err(DialError::Down(reason)) => {
+                tracing::debug!(peer = %format!("{:x}", to.0), %addr, %reason, "peer unreachable");
                 // Drop what is queued: raft resends after it learns the peer is unreachable.
                 if drain_as_unreachable(&inner, to, &mut rx) {
                     return;
@@ -165,15 +289,7 @@ async fn sender_loop(
                 continue;
             }
         };
-        let _ = stream.set_nodelay(true);
         let mut w = BufWriter::with_capacity(256 * 1024, stream);
-        let mut hello = Vec::with_capacity(24);
-        hello.extend_from_slice(&inner.cluster_id.to_be_bytes());
-        hello.extend_from_slice(&inner.id.0.to_be_bytes());
-        hello.extend_from_slice(&to.0.to_be_bytes());
-        if write_frame(&mut w, KIND_HELLO, &hello).await.is_err() || w.flush().await.is_err() {
-            continue 'connect;
-        }
         tracing::debug!(peer = %format!("{:x}", to.0), %addr, "peer stream open");
         backoff = Duration::from_millis(50);
         loop {
@@ -280,13 +396,7 @@ async fn read_frame<R: AsyncReadExt + Unpin>(r: &mut R) -> std::io::Result<(u8, 
 }
 
 /// Accepts peers' streams and hands their messages to the driver.
-pub async fn serve(
-    listener: TcpListener,
-    id: NodeId,
-    cluster_id: u64,
-    events: mpsc::UnboundedSender<PeerEvent>,
-    members: MembersSource,
-) {
+pub async fn serve(listener: TcpListener, transport: Transport, members: MembersSource) {
     loop {
         let (stream, addr) = match listener.accept().await {
             Ok(x) => x,
@@ -296,26 +406,53 @@ pub async fn serve(
                 continue;
             }
         };
-        let events = events.clone();
+        let transport = transport.clone();
         let members = members.clone();
         tokio::spawn(async move {
-            if let Err(e) = serve_stream(stream, id, cluster_id, events, members).await {
+            if let Err(e) = serve_stream(stream, transport, members).await {
                 tracing::debug!(%addr, error = %e, "peer stream closed");
             }
         });
     }
 }
 
+/// A dialer's hello: who it is, whom it wants, where it can be reached.
+struct Hello {
+    cluster_id: u64,
+    from: NodeId,
+    to: NodeId,
+    urls: Vec<String>,
+}
+
+impl Hello {
+    fn decode(payload: &[u8]) -> std::io::Result<Hello> {
+        if payload.len() < 24 {
+            return Err(invalid("short hello"));
+        }
+        let word = |i: usize| u64::from_be_bytes(payload[i..i + 8].try_into().expect("8 bytes"));
+        let urls = std::str::from_utf8(&payload[24..]).map_err(invalid)?;
+        Ok(Hello {
+            cluster_id: word(0),
+            from: NodeId(word(8)),
+            to: NodeId(word(16)),
+            urls: urls
+                .split(',')
+                .filter(|u| !u.is_empty())
+                .map(str::to_string)
+                .collect(),
+        })
+    }
+}
+
 async fn serve_stream(
     mut stream: TcpStream,
-    id: NodeId,
-    cluster_id: u64,
-    events: mpsc::UnboundedSender<PeerEvent>,
+    transport: Transport,
     members: MembersSource,
 ) -> std::io::Result<()> {
+    let (id, cluster_id) = (transport.inner.id, transport.inner.cluster_id);
     let _ = stream.set_nodelay(true);
     let (kind, payload) = read_frame(&mut stream).await?;
-    match kind {
+    let hello = match kind {
         KIND_MEMBERS_REQUEST => {
             let list = MembersList {
                 cluster_id,
@@ -325,20 +462,28 @@ async fn serve_stream(
             write_frame(&mut w, KIND_MEMBERS_RESPONSE, &list.encode()).await?;
             return w.flush().await;
         }
-        KIND_HELLO if payload.len() == 24 => {}
+        KIND_HELLO => Hello::decode(&payload)?,
         _ => return Err(invalid("stream did not open with a hello")),
-    }
-    let their_cluster = u64::from_be_bytes(payload[..8].try_into().expect("8 bytes"));
-    let from = u64::from_be_bytes(payload[8..16].try_into().expect("8 bytes"));
-    let to = u64::from_be_bytes(payload[16..24].try_into().expect("8 bytes"));
-    if their_cluster != cluster_id || to != id.0 {
+    };
+    let from = hello.from;
+    if hello.cluster_id != cluster_id || hello.to != id {
         tracing::warn!(
-            from = %format!("{from:x}"),
-            "refusing a peer stream for cluster {their_cluster:x} member {to:x} (this is cluster {cluster_id:x} member {:x})",
-            id.0
+            from = %format!("{:x}", from.0),
+            "refusing a peer stream for cluster {:x} member {:x} (this is cluster {cluster_id:x} member {:x})",
+            hello.cluster_id, hello.to.0, id.0
         );
+        write_frame(&mut stream, KIND_HELLO_ACK, &[ACK_MISMATCH]).await?;
         return Err(invalid("cluster or member mismatch"));
     }
+    if transport.is_removed(from) {
+        tracing::warn!(from = %format!("{:x}", from.0), "refusing a peer stream from a removed member");
+        write_frame(&mut stream, KIND_HELLO_ACK, &[ACK_REMOVED]).await?;
+        return Ok(());
+    }
+    transport.learn_remote(from, hello.urls);
+    write_frame(&mut stream, KIND_HELLO_ACK, &[ACK_OK]).await?;
+    let events = transport.inner.events.clone();
+    let from = from.0;
     let mut r = tokio::io::BufReader::with_capacity(256 * 1024, stream);
     let mut snapshot: Vec<u8> = Vec::new();
     loop {
@@ -456,5 +601,98 @@ mod tests {
     fn urls_become_socket_addresses() {
         assert_eq!(url_host_port("http://127.0.0.1:2380"), "127.0.0.1:2380");
         assert_eq!(url_host_port("127.0.0.1:2380/"), "127.0.0.1:2380");
+    }
+
+    /// A transport listening on a loopback port, with the events it reports.
+    async fn member(
+        id: u64,
+        cluster_id: u64,
+    ) -> (Transport, String, mpsc::UnboundedReceiver<PeerEvent>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let (tx, rx) = mpsc::unbounded_channel();
+        let transport = Transport::new(NodeId(id), cluster_id, vec![url.clone()], tx);
+        let members: MembersSource = Arc::new(Vec::new);
+        tokio::spawn(serve(listener, transport.clone(), members));
+        (transport, url, rx)
+    }
+
+    fn heartbeat(from: u64, to: u64) -> Message {
+        let mut m = Message::default();
+        m.set_msg_type(MessageType::MsgHeartbeat);
+        m.from = from;
+        m.to = to;
+        m
+    }
+
+    /// The next event that is not an `Unreachable` report.
+    async fn next_event(rx: &mut mpsc::UnboundedReceiver<PeerEvent>) -> PeerEvent {
+        loop {
+            let ev = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+                .await
+                .expect("an event within 10 s")
+                .expect("events open");
+            if !matches!(ev, PeerEvent::Unreachable(_)) {
+                return ev;
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_member_answers_a_peer_it_does_not_know_yet() {
+        // Member 2 was down when member 1 joined: its membership does not name 1.
+        let (one, _, mut one_events) = member(1, 9).await;
+        let (two, two_url, mut two_events) = member(2, 9).await;
+        one.set_members(
+            BTreeMap::from([(NodeId(2), vec![two_url])]),
+            BTreeSet::new(),
+        );
+        two.set_members(BTreeMap::new(), BTreeSet::new());
+
+        one.send(heartbeat(1, 2));
+        match next_event(&mut two_events).await {
+            PeerEvent::Message(m) => assert_eq!((m.from, m.to), (1, 2)),
+            other => panic!("expected the heartbeat, got {other:?}"),
+        }
+        // Two learnt one's URLs from the hello and can answer.
+        two.send(heartbeat(2, 1));
+        match next_event(&mut one_events).await {
+            PeerEvent::Message(m) => assert_eq!((m.from, m.to), (2, 1)),
+            other => panic!("expected the answer, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_removed_member_is_told_so_and_never_heard() {
+        let (one, one_url, _one_events) = member(1, 9).await;
+        let (two, _, mut two_events) = member(2, 9).await;
+        one.set_members(BTreeMap::new(), BTreeSet::from([NodeId(2)]));
+        // Two restarted from an old data dir still thinks it is a member alongside one.
+        two.set_members(
+            BTreeMap::from([(NodeId(1), vec![one_url])]),
+            BTreeSet::new(),
+        );
+
+        two.send(heartbeat(2, 1));
+        match next_event(&mut two_events).await {
+            PeerEvent::RemovedFromCluster { by } => assert_eq!(by, NodeId(1)),
+            other => panic!("expected removal, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stream_from_another_cluster_is_refused() {
+        let (_one, one_url, mut one_events) = member(1, 9).await;
+        let (two, _, mut two_events) = member(2, 10).await;
+        two.set_members(
+            BTreeMap::from([(NodeId(1), vec![one_url])]),
+            BTreeSet::new(),
+        );
+        two.send(heartbeat(2, 1));
+        match tokio::time::timeout(Duration::from_secs(10), two_events.recv()).await {
+            Ok(Some(PeerEvent::Unreachable(to))) => assert_eq!(to, NodeId(1)),
+            other => panic!("expected unreachable, got {other:?}"),
+        }
+        assert!(one_events.try_recv().is_err(), "nothing got through");
     }
 }

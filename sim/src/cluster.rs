@@ -319,12 +319,13 @@ async fn member_main(spec: Arc<Spec>) {
         (5000 + 2 * c.election_timeout.0.as_millis() as u64) / config.tick_ms;
     config.limits = Limits {
         snapshot_count: c.snapshot_count,
+        snapshot_catch_up_entries: c.snapshot_catch_up_entries,
         ..Limits::default()
     };
     config.bug = spec.bug;
 
     let (peer_tx, peer_rx) = tokio::sync::mpsc::unbounded_channel();
-    let transport = Transport::new(id, CLUSTER_ID, peer_tx.clone());
+    let transport = Transport::new(id, CLUSTER_ID, vec![peer_url(ix)], peer_tx);
     let (_shutdown_tx, shutdown) = tokio::sync::watch::channel(false);
     let observer_rec = rec.clone();
     // What the driver reports while starting is held until `Started` is recorded, so every
@@ -348,6 +349,10 @@ async fn member_main(spec: Arc<Spec>) {
                 chain: e.digest,
             },
             Observation::Committed(i) => RaftEvent::Committed { index: i.0 },
+            Observation::VoteGranted { term, candidate } => RaftEvent::VoteGranted {
+                term: term.0,
+                candidate: candidate.0,
+            },
         };
         match early_in.lock().expect("early lock").as_mut() {
             Some(held) => held.push(event),
@@ -361,7 +366,7 @@ async fn member_main(spec: Arc<Spec>) {
         backend: spec.disk.backend(loaded.backend),
         log,
         persisted,
-        transport,
+        transport: transport.clone(),
         initial_peers: spec.join_peers.clone(),
         peer_events: peer_rx,
         shutdown,
@@ -382,6 +387,8 @@ async fn member_main(spec: Arc<Spec>) {
         RaftEvent::Started {
             applied: view.applied.0,
             revision: view.revision,
+            term: view.term.0,
+            vote: view.vote.map_or(0, |v| v.0),
         },
     );
     for event in early.lock().expect("early lock").take().unwrap_or_default() {
@@ -407,7 +414,7 @@ async fn member_main(spec: Arc<Spec>) {
     };
     let shared = handle.shared.clone();
     let members: MembersSource = Arc::new(move || shared.view().members);
-    tokio::spawn(transport::serve(listener, id, CLUSTER_ID, peer_tx, members));
+    tokio::spawn(transport::serve(listener, transport, members));
 
     let mut ctx = Ctx::new(handle.clone());
     ctx.bcrypt_cost = 4;

@@ -242,8 +242,17 @@ pub enum RaftEvent {
     Applied { index: u64, term: u64, chain: u64 },
     /// The node's commit index.
     Committed { index: u64 },
-    /// The node (re)started from its disk, with this much of the log and MVCC recovered.
-    Started { applied: u64, revision: i64 },
+    /// The node (re)started from its disk, with this much of the log and MVCC recovered, and
+    /// this hard state (`vote` 0: none).
+    Started {
+        applied: u64,
+        revision: i64,
+        term: u64,
+        vote: u64,
+    },
+    /// The node granted its vote to `candidate` (raft id) in `term`; the response left after
+    /// the vote was persisted.
+    VoteGranted { term: u64, candidate: u64 },
     /// The node stopped: killed by the nemesis, fatal error, removal.
     Stopped { why: String },
 }
@@ -266,6 +275,8 @@ pub struct History {
     /// The final, fault-free read of every key the workload used, per node: what each member
     /// serves (serializable) after the run has quiesced.
     pub final_reads: BTreeMap<NodeIx, Vec<Kv>>,
+    /// The revision each running member was at when first read after quiescing.
+    pub final_revisions: BTreeMap<NodeIx, i64>,
     /// `HashKV` per node at a common revision, taken after quiescing.
     pub final_hashes: BTreeMap<NodeIx, (i64, u32)>,
     /// The run's timing bounds, for checkers that need them.

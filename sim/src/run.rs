@@ -244,7 +244,12 @@ async fn final_checks(nemesis: &Nemesis, rec: &Recorder) {
             .ok()
             .flatten();
         match read {
-            Some((rev, _)) => revisions.push(rev),
+            Some((rev, _)) => {
+                revisions.push(rev);
+                rec.with_history(|h| {
+                    h.final_revisions.insert(ix, rev);
+                });
+            }
             None => rec.log(format!("final read of s{ix} got no answer")),
         }
     }

@@ -342,6 +342,10 @@ pub struct Cluster {
     pub election_timeout: Span,
     /// etcd's `--snapshot-count` (small values make followers catch up by snapshot).
     pub snapshot_count: u64,
+    /// Entries kept behind a snapshot for slightly lagging followers (etcd's
+    /// `--experimental-snapshot-catchup-entries`, 5000); a member further behind is sent a
+    /// snapshot. Small values make catching up by snapshot common.
+    pub snapshot_catch_up_entries: u64,
 }
 
 impl Default for Cluster {
@@ -352,6 +356,8 @@ impl Default for Cluster {
             heartbeat: Span::ms(100),
             election_timeout: Span::ms(1000),
             snapshot_count: 10_000,
+            // The engine's `SNAPSHOT_CATCH_UP_ENTRIES`, as etcd.
+            snapshot_catch_up_entries: 5_000,
         }
     }
 }

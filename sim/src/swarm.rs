@@ -76,6 +76,7 @@ pub fn scenario(seed: u64) -> Scenario {
     };
     if d.chance(0.3) {
         cluster.snapshot_count = d.pick(&[20, 100, 500]);
+        cluster.snapshot_catch_up_entries = d.pick(&[10, 100, 5000]);
     }
     let mix = Mix {
         get: d.range(0, 40) as u32,

@@ -315,6 +315,8 @@ mod tests {
             RaftEvent::Started {
                 applied: 3,
                 revision: 3,
+                term: 0,
+                vote: 0,
             },
         );
         run.op(

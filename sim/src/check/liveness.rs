@@ -11,15 +11,18 @@
 //! - **Writes**: if the workload called a write (put, delete, txn that may write) in
 //!   [T, T + L/2], some write called at or after T completed `Ok` by T + L. Writes called later
 //!   in the window could not fairly be expected to finish in it.
+//! - **Catch-up**: every member running at the end (`h.final_revisions`, read after the run
+//!   quiesced) is at a revision no lower than the highest acknowledged write's: a member that
+//!   rejoined a healed cluster must not stay behind.
 //!
 //! Bug classes: elections that never settle (pre-vote/check-quorum livelock, disrupting
 //! rejoiners), a leader that cannot commit (stuck proposals, lost ready), clients stuck on a
-//! dead member.
+//! dead member, a restarted member that cannot reach the leader (one added while it was down).
 //!
 //! Limits: a member that believes it leads but cannot commit satisfies the leader rule; the
 //! write rule catches it.
 
-use super::{at, name, possible_effects, summary, Findings};
+use super::{at, created_revision, name, possible_effects, summary, Findings};
 use crate::history::{History, Nanos, NodeIx, Outcome, RaftEvent, Violation};
 
 pub fn check(h: &History) -> Vec<Violation> {
@@ -36,7 +39,27 @@ pub fn check(h: &History) -> Vec<Violation> {
         ));
     }
     writes_succeed(h, healed, deadline, &mut f);
+    members_catch_up(h, &mut f);
     f.finish()
+}
+
+fn members_catch_up(h: &History, f: &mut Findings) {
+    let Some((highest, op)) = h
+        .ops
+        .iter()
+        .filter_map(|op| Some((created_revision(op)?, op)))
+        .max_by_key(|(rev, _)| *rev)
+    else {
+        return;
+    };
+    for (ix, rev) in &h.final_revisions {
+        if *rev < highest {
+            f.push(format!(
+                "s{ix} ended the run at revision {rev}, behind {} acknowledged at revision {highest}: it never caught up",
+                name(op)
+            ));
+        }
+    }
 }
 
 /// Whether some member considered itself leader at some moment in `[from, to]`.
@@ -153,6 +176,22 @@ mod tests {
         let found = violations(&run);
         assert!(
             found.iter().any(|m| m.contains("no write succeeded between healing at 1.000000s and 11.000000s: 2 writes called since, the first op 1")),
+            "{found:#?}"
+        );
+    }
+
+    #[test]
+    fn a_member_left_behind_is_caught() {
+        let mut run = healed();
+        run.raft(3_000, 1, state(2, Some(2), true));
+        run.op(1, put("k", "v2"), 2_200, 3_100, put_ok(7));
+        run.h.final_revisions.insert(1, 7);
+        run.h.final_revisions.insert(2, 3);
+        let found = violations(&run);
+        assert_eq!(found.len(), 1, "{found:#?}");
+        assert!(
+            found[0].contains("s2 ended the run at revision 3, behind ")
+                && found[0].contains("acknowledged at revision 7: it never caught up"),
             "{found:#?}"
         );
     }

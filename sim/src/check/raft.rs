@@ -10,6 +10,9 @@
 //! - **Monotonic within a lifetime** (between `Started` records of a member): the applied index,
 //!   the commit index and the term never decrease. Across a restart the applied index may start
 //!   lower (unsynced applies are replayed) and a term may drop if it was never persisted.
+//! - **Votes are durable** (figure 2: `votedFor` on stable storage before responding): once a
+//!   member granted its vote to C in term T, it restarts at a term above T, or at T still
+//!   having voted for C. Otherwise it could vote twice in T, and two leaders could win T.
 //!
 //! Bug classes: split brain in one term (votes not persisted, pre-vote or check-quorum bugs),
 //! committed entries overwritten or lost (a log truncated below the commit index), snapshots
@@ -30,6 +33,7 @@ pub fn check(h: &History) -> Vec<Violation> {
     election_safety(&records, &mut f);
     state_machine_safety(&records, &mut f);
     monotonic(&records, &mut f);
+    votes_durable(&records, &mut f);
     f.finish()
 }
 
@@ -139,7 +143,32 @@ fn monotonic(records: &[&RaftRecord], f: &mut Findings) {
                 }
                 life.term = life.term.max(term);
             }
-            RaftEvent::Stopped { .. } => {}
+            RaftEvent::Stopped { .. } | RaftEvent::VoteGranted { .. } => {}
+        }
+    }
+}
+
+fn votes_durable(records: &[&RaftRecord], f: &mut Findings) {
+    // Per member, the last vote it granted: (term, candidate).
+    let mut granted: BTreeMap<NodeIx, (u64, u64)> = BTreeMap::new();
+    for r in records {
+        match r.event {
+            RaftEvent::VoteGranted { term, candidate } => {
+                granted.insert(r.node, (term, candidate));
+            }
+            RaftEvent::Started { term, vote, .. } => {
+                let Some(&(voted_term, candidate)) = granted.get(&r.node) else {
+                    continue;
+                };
+                if term < voted_term || (term == voted_term && vote != candidate) {
+                    f.push(format!(
+                        "n{} granted its vote to {candidate:#x} in term {voted_term}, then restarted at {} in term {term} having voted for {vote:#x}: the vote was not durable",
+                        r.node,
+                        at(r.at)
+                    ));
+                }
+            }
+            _ => {}
         }
     }
 }
@@ -196,6 +225,8 @@ mod tests {
             RaftEvent::Started {
                 applied: 0,
                 revision: 1,
+                term: 0,
+                vote: 0,
             },
         );
         run.raft(31, 2, state(1, Some(1), false));
@@ -233,5 +264,79 @@ mod tests {
         assert_caught(&run, "n1 applied index went back from 2 to 1");
         assert_caught(&run, "n1 commit index went back from 2 to 1");
         assert_caught(&run, "n1 term went back from 1 to 0");
+    }
+
+    #[test]
+    fn a_vote_lost_in_a_crash_is_caught() {
+        let mut run = Run::new();
+        run.raft(
+            10,
+            2,
+            RaftEvent::VoteGranted {
+                term: 4,
+                candidate: 0x1,
+            },
+        );
+        run.raft(
+            20,
+            2,
+            RaftEvent::Stopped {
+                why: "killed".into(),
+            },
+        );
+        run.raft(
+            30,
+            2,
+            RaftEvent::Started {
+                applied: 0,
+                revision: 1,
+                term: 4,
+                vote: 0,
+            },
+        );
+        assert_caught(&run, "n2 granted its vote to 0x1 in term 4, then restarted");
+    }
+
+    #[test]
+    fn a_durable_vote_or_a_later_term_passes() {
+        let mut run = Run::new();
+        run.raft(
+            10,
+            2,
+            RaftEvent::VoteGranted {
+                term: 4,
+                candidate: 0x1,
+            },
+        );
+        run.raft(
+            30,
+            2,
+            RaftEvent::Started {
+                applied: 0,
+                revision: 1,
+                term: 4,
+                vote: 0x1,
+            },
+        );
+        run.raft(
+            40,
+            2,
+            RaftEvent::VoteGranted {
+                term: 5,
+                candidate: 0x3,
+            },
+        );
+        run.raft(
+            50,
+            2,
+            RaftEvent::Started {
+                applied: 0,
+                revision: 1,
+                term: 6,
+                vote: 0,
+            },
+        );
+        let found = violations(&run);
+        assert!(found.is_empty(), "{found:#?}");
     }
 }

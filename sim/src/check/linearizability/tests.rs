@@ -349,6 +349,8 @@ fn serializable_reads_do_not_go_back_within_a_session() {
         crate::history::RaftEvent::Started {
             applied: 1,
             revision: 2,
+            term: 0,
+            vote: 0,
         },
     );
     assert_clean(&run);
