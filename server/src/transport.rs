@@ -244,9 +244,11 @@ async fn dial(inner: &Inner, to: NodeId, addr: &str) -> Result<TcpStream, DialEr
     hello.extend_from_slice(&inner.id.0.to_be_bytes());
     hello.extend_from_slice(&to.0.to_be_bytes());
     hello.extend_from_slice(inner.urls.join(",").as_bytes());
-    write_frame(&mut stream, KIND_HELLO, &hello)
-        .await
-        .map_err(|e| DialError::Down(e.to_string()))?;
+    let said = match write_frame(&mut stream, KIND_HELLO, &hello).await {
+        Ok(()) => stream.flush().await,
+        Err(e) => Err(e),
+    };
+    said.map_err(|e| DialError::Down(e.to_string()))?;
     let answer = tokio::time::timeout(HELLO_TIMEOUT, read_frame(&mut stream)).await;
     match answer {
         Err(_) => Err(DialError::Down("no answer to hello".into())),
@@ -472,16 +474,16 @@ async fn serve_stream(
             "refusing a peer stream for cluster {:x} member {:x} (this is cluster {cluster_id:x} member {:x})",
             hello.cluster_id, hello.to.0, id.0
         );
-        write_frame(&mut stream, KIND_HELLO_ACK, &[ACK_MISMATCH]).await?;
+        answer(&mut stream, ACK_MISMATCH).await?;
         return Err(invalid("cluster or member mismatch"));
     }
     if transport.is_removed(from) {
         tracing::warn!(from = %format!("{:x}", from.0), "refusing a peer stream from a removed member");
-        write_frame(&mut stream, KIND_HELLO_ACK, &[ACK_REMOVED]).await?;
+        answer(&mut stream, ACK_REMOVED).await?;
         return Ok(());
     }
     transport.learn_remote(from, hello.urls);
-    write_frame(&mut stream, KIND_HELLO_ACK, &[ACK_OK]).await?;
+    answer(&mut stream, ACK_OK).await?;
     let events = transport.inner.events.clone();
     let from = from.0;
     let mut r = tokio::io::BufReader::with_capacity(256 * 1024, stream);
@@ -508,6 +510,12 @@ async fn serve_stream(
             return Ok(());
         }
     }
+}
+
+/// Answers a hello (flushed: the dialer waits for it).
+async fn answer(stream: &mut TcpStream, ack: u8) -> std::io::Result<()> {
+    write_frame(stream, KIND_HELLO_ACK, &[ack]).await?;
+    stream.flush().await
 }
 
 fn invalid<E: std::fmt::Display>(e: E) -> std::io::Error {

@@ -361,7 +361,7 @@ struct ClientState {
 
 impl ClientState {
     /// Runs `call` against the client's member and records it; moves to the next member if
-    /// the answer was not a success.
+    /// the answer was not a success (unless the workload is sticky).
     async fn run(&mut self, call: Call) -> Outcome {
         let rec = &self.plan.recorder;
         let id = rec.next_op_id();
@@ -370,7 +370,9 @@ impl ClientState {
         let outcome = execute(&mut self.conns, node, &call, self.plan.workload.timeout.0).await;
         let complete = rec.now();
         if !matches!(outcome, Outcome::Ok(_)) {
-            self.member = (self.member + 1) % self.plan.members;
+            if !self.plan.workload.sticky {
+                self.member = (self.member + 1) % self.plan.members;
+            }
             // Back off before the next try, as etcd's clients do.
             let backoff = madsim::rand::thread_rng().gen_range(20..100);
             tokio::time::sleep(Duration::from_millis(backoff)).await;

@@ -408,6 +408,9 @@ pub struct Workload {
     pub think: Span,
     /// Give up on an answer after this long (the op's outcome is then unknown).
     pub timeout: Span,
+    /// Each client stays on its first member whatever happens (an etcd client given one
+    /// endpoint); by default a client moves to the next member after a failure.
+    pub sticky: bool,
     pub mix: Mix,
     /// Watchers over every workload key; a broken watch is re-created from the next revision
     /// it has not seen.
@@ -427,6 +430,7 @@ impl Default for Workload {
             keys: 4,
             think: Span::ms(20),
             timeout: Span::ms(3000),
+            sticky: false,
             mix: Mix::default(),
             watchers: 2,
             watch_prev_kv: true,
