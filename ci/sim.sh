@@ -6,10 +6,9 @@
 # prints the one command that replays it.
 #   STRATA_SIM_RANDOM=N   size of the random swarm batch (default 100)
 #   STRATA_SIM_BASE=S     first random seed; `clock` draws it from the time (printed).
-#                         The default stays 1000 until the open bug swarm:67 reproduces
-#                         (a restarted member cannot answer a leader added while it was
-#                         down, ~1 seed in 300) is fixed: a landing gate must not fail at
-#                         random on a known bug. Explore new seeds with STRATA_SIM_BASE=clock.
+#                         By default it is drawn from the commit being tested, so each
+#                         commit explores its own batch of seeds, and a failure
+#                         replays from the commit alone (the command is printed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,7 +32,13 @@ done
 
 echo "== sim: scenarios and a random swarm batch"
 args=(ci --scenarios scenarios --random "${STRATA_SIM_RANDOM:-100}")
-base="${STRATA_SIM_BASE:-1000}"
+commit_base() {
+  local head
+  head=$(git rev-parse --short=7 HEAD 2>/dev/null) || { echo 1000; return; }
+  echo $((10000 + 0x$head % 1000000))
+}
+base="${STRATA_SIM_BASE:-$(commit_base)}"
+echo "random swarm batch from seed $base"
 if [ "$base" != clock ]; then
   args+=(--random-base "$base")
 fi

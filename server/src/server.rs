@@ -67,23 +67,30 @@ async fn identify(
             reason: "the data dir has no member identity (was its creation interrupted? remove it)"
                 .into(),
         })?;
-        // A member bootstrapped from these flags must find its own cluster in the data dir.
-        // (A member that joined an existing cluster has an id the flags cannot predict.)
+        // A member bootstrapped from these flags must find itself in the data dir: its id
+        // comes from its peer URLs and the cluster token, so another cluster's data dir (or
+        // another member's) is refused. (A member that joined an existing cluster has an id
+        // the flags cannot predict.) `--initial-cluster` itself is ignored on restart, as
+        // etcd ignores it once a data dir exists: after `member add`, operators restart the
+        // old members with the new list.
         if !cfg.join_existing && !found.joined {
-            let want = Identity {
-                cluster_id: cluster_id(&cfg.initial_members),
-                member_id: me.id,
-                joined: false,
-            };
-            if want != found {
+            let want_cluster = cluster_id(&cfg.initial_members);
+            if me.id != found.member_id {
                 return Err(StorageError::WrongCluster {
                     path: store.path().display().to_string(),
                     found_cluster: found.cluster_id,
                     found_member: found.member_id,
-                    want_cluster: want.cluster_id,
-                    want_member: want.member_id,
+                    want_cluster,
+                    want_member: me.id,
                 }
                 .into());
+            }
+            if want_cluster != found.cluster_id {
+                tracing::warn!(
+                    cluster = %format!("{:x}", found.cluster_id),
+                    "--initial-cluster names another member set than the one this data dir \
+                     bootstrapped; ignored (the data dir exists)"
+                );
             }
         }
         tracing::info!(

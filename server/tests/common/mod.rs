@@ -189,6 +189,35 @@ impl Cluster {
         }
     }
 
+    /// Waits up to `timeout` for member `i` to exit on its own; its exit status, or `None`
+    /// if it is still running (it is left running).
+    pub fn wait_exit(&mut self, i: usize, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        let c = self.members[i].child.as_mut().expect("running member");
+        loop {
+            if let Some(status) = c.try_wait().expect("wait") {
+                self.members[i].child = None;
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The hex id `etcdctl member list` gives member `i` (found by its peer URL: a member
+    /// that has not published its name yet is listed without one).
+    pub fn member_id(&self, i: usize) -> String {
+        let peer_url = self.members[i].peer_url();
+        self.ok(&["member", "list"])
+            .lines()
+            .find(|l| l.split(", ").nth(3) == Some(peer_url.as_str()))
+            .and_then(|l| l.split(',').next())
+            .unwrap_or_else(|| panic!("{peer_url} not in the member list"))
+            .to_string()
+    }
+
     /// SIGTERM and wait for the exit status.
     pub fn terminate(&mut self, i: usize) -> std::process::ExitStatus {
         let mut c = self.members[i].child.take().expect("running member");
