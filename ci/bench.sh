@@ -23,10 +23,9 @@ val_size="${BENCH_VAL_SIZE:-256}"
 quota=$((2 * 1024 * 1024 * 1024)) # etcd's default, given explicitly to both
 # Totals are sized so each etcd measurement lasts 3-15 s on a 2-core machine; a measurement
 # also ends after BENCH_MAX_SECS (15), which bounds the run against a slow system (the report's
-# `ops` column shows how many operations a capped run completed). The writes of a whole run
-# (~120 K at these totals) stay below the ~160 K raft entries after which Strata 75d7f6c's
-# members stall and run out of memory: each log append adds a RocksDB range tombstone, and the
-# first memtable switch fragments them all (README, Performance).
+# `ops` column shows how many operations a capped run completed). (Before bbf8b20, a whole
+# run's ~120 K writes also had to stay below the ~160 K raft entries after which Strata's
+# members stalled on RocksDB range tombstones; README, Performance.)
 max_secs="${BENCH_MAX_SECS:-15}"
 workloads=(
   "put-seq|${BENCH_PUT_TOTAL:-12000}|put --sequential-keys --key-space-size 100000"

@@ -671,7 +671,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_removed_member_is_told_so_and_never_heard() {
+    async fn a_removed_member_is_told_so() {
         let (one, one_url, _one_events) = member(1, 9).await;
         let (two, _, mut two_events) = member(2, 9).await;
         one.set_members(BTreeMap::new(), BTreeSet::from([NodeId(2)]));

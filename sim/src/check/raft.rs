@@ -266,76 +266,34 @@ mod tests {
         assert_caught(&run, "n1 term went back from 1 to 0");
     }
 
+    fn granted(term: u64, candidate: u64) -> RaftEvent {
+        RaftEvent::VoteGranted { term, candidate }
+    }
+
+    fn restarted(term: u64, vote: u64) -> RaftEvent {
+        RaftEvent::Started {
+            applied: 0,
+            revision: 1,
+            term,
+            vote,
+        }
+    }
+
     #[test]
     fn a_vote_lost_in_a_crash_is_caught() {
         let mut run = Run::new();
-        run.raft(
-            10,
-            2,
-            RaftEvent::VoteGranted {
-                term: 4,
-                candidate: 0x1,
-            },
-        );
-        run.raft(
-            20,
-            2,
-            RaftEvent::Stopped {
-                why: "killed".into(),
-            },
-        );
-        run.raft(
-            30,
-            2,
-            RaftEvent::Started {
-                applied: 0,
-                revision: 1,
-                term: 4,
-                vote: 0,
-            },
-        );
+        run.raft(10, 2, granted(4, 0x1));
+        run.raft(30, 2, restarted(4, 0));
         assert_caught(&run, "n2 granted its vote to 0x1 in term 4, then restarted");
     }
 
     #[test]
     fn a_durable_vote_or_a_later_term_passes() {
         let mut run = Run::new();
-        run.raft(
-            10,
-            2,
-            RaftEvent::VoteGranted {
-                term: 4,
-                candidate: 0x1,
-            },
-        );
-        run.raft(
-            30,
-            2,
-            RaftEvent::Started {
-                applied: 0,
-                revision: 1,
-                term: 4,
-                vote: 0x1,
-            },
-        );
-        run.raft(
-            40,
-            2,
-            RaftEvent::VoteGranted {
-                term: 5,
-                candidate: 0x3,
-            },
-        );
-        run.raft(
-            50,
-            2,
-            RaftEvent::Started {
-                applied: 0,
-                revision: 1,
-                term: 6,
-                vote: 0,
-            },
-        );
+        run.raft(10, 2, granted(4, 0x1));
+        run.raft(30, 2, restarted(4, 0x1));
+        run.raft(40, 2, granted(5, 0x3));
+        run.raft(50, 2, restarted(6, 0));
         let found = violations(&run);
         assert!(found.is_empty(), "{found:#?}");
     }
