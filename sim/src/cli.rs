@@ -61,6 +61,9 @@ enum Command {
         /// Where to write the minimal scenario (default: next to the traces).
         #[arg(long)]
         out: Option<String>,
+        /// Shrink a failure of a catalogue bug (`strata-sim bugs --list`).
+        #[arg(long)]
+        bug: Option<String>,
     },
     /// The bug catalogue: for each injected bug, run the scenarios seed after seed until a
     /// checker catches it; print the table (runs and time to catch).
@@ -177,9 +180,7 @@ fn run_and_report(
             .map(|b| format!(" --bug {}", b.name()))
             .unwrap_or_default();
         println!("  replay: strata-sim run {source} --seed {seed}{with_bug}");
-        if bug.is_none() {
-            println!("  shrink: strata-sim shrink {source} --seed {seed}");
-        }
+        println!("  shrink: strata-sim shrink {source} --seed {seed}{with_bug}");
     }
     r
 }
@@ -300,13 +301,23 @@ pub fn main() -> i32 {
             scenario,
             seed,
             out,
-        } => match load(&scenario) {
-            Ok(s) => crate::shrink::shrink_cli(&s, &scenario, seed, out),
-            Err(e) => {
-                eprintln!("{e}");
-                2
+            bug,
+        } => {
+            let bug = match parse_bug(bug.as_deref()) {
+                Ok(b) => b,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return 2;
+                }
+            };
+            match load(&scenario) {
+                Ok(s) => crate::shrink::shrink_cli(&s, &scenario, seed, bug, out),
+                Err(e) => {
+                    eprintln!("{e}");
+                    2
+                }
             }
-        },
+        }
         Command::Determinism { scenario, seed } => {
             let s = match load(&scenario) {
                 Ok(s) => s,

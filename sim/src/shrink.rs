@@ -7,7 +7,9 @@
 //! candidate is a valid scenario and every kept step replays bit-exact from the seed, so the
 //! result is a plain scenario file anyone can run.
 
-use crate::run::run;
+use strata_engine::bugs::Bug;
+
+use crate::run::run_with;
 use crate::scenario::{Fault, Scenario, Span};
 
 /// Most simulated runs one shrink may spend.
@@ -113,9 +115,14 @@ pub struct Shrunk {
     pub runs: usize,
 }
 
-/// Shrinks `s` failing with `seed`; `None` if it does not fail.
-pub fn shrink(s: &Scenario, seed: u64, mut on_step: impl FnMut(&str)) -> Option<Shrunk> {
-    let first = run(s, seed);
+/// Shrinks `s` failing with `seed` (and `bug` injected, if any); `None` if it does not fail.
+pub fn shrink(
+    s: &Scenario,
+    seed: u64,
+    bug: Option<Bug>,
+    mut on_step: impl FnMut(&str),
+) -> Option<Shrunk> {
+    let first = run_with(s, seed, bug);
     let checker = first.violations.first()?.checker;
     let mut best = s.clone();
     let mut runs = 1;
@@ -126,7 +133,7 @@ pub fn shrink(s: &Scenario, seed: u64, mut on_step: impl FnMut(&str)) -> Option<
                 break 'outer;
             }
             runs += 1;
-            let r = run(&c, seed);
+            let r = run_with(&c, seed, bug);
             if r.violations.iter().any(|v| v.checker == checker) {
                 on_step(&format!(
                     "still fails [{checker}] with {} faults, {} clients, {} watchers, {} keys, {} voters, {}",
@@ -150,18 +157,27 @@ pub fn shrink(s: &Scenario, seed: u64, mut on_step: impl FnMut(&str)) -> Option<
     })
 }
 
-pub fn shrink_cli(s: &Scenario, source: &str, seed: u64, out: Option<String>) -> i32 {
-    println!("shrinking {source} seed {seed} …");
-    let Some(shrunk) = shrink(s, seed, |step| println!("  {step}")) else {
-        println!("{source} seed {seed} passes: nothing to shrink");
+pub fn shrink_cli(
+    s: &Scenario,
+    source: &str,
+    seed: u64,
+    bug: Option<Bug>,
+    out: Option<String>,
+) -> i32 {
+    let with_bug = bug
+        .map(|b| format!(" --bug {}", b.name()))
+        .unwrap_or_default();
+    println!("shrinking {source} seed {seed}{with_bug} …");
+    let Some(shrunk) = shrink(s, seed, bug, |step| println!("  {step}")) else {
+        println!("{source} seed {seed}{with_bug} passes: nothing to shrink");
         return 0;
     };
     let mut min = shrunk.scenario;
     min.name = format!("shrunk-{}-{seed}", s.name);
     min.seeds = vec![seed];
     min.story = format!(
-        "Shrunk by `strata-sim shrink {source} --seed {seed}` in {} runs: still fails the \
-         `{}` checker with seed {seed}.\n\nOriginal story:\n{}",
+        "Shrunk by `strata-sim shrink {source} --seed {seed}{with_bug}` in {} runs: still \
+         fails the `{}` checker with seed {seed}.\n\nOriginal story:\n{}",
         shrunk.runs, shrunk.checker, s.story
     );
     let path = out.unwrap_or_else(|| {
@@ -185,6 +201,6 @@ pub fn shrink_cli(s: &Scenario, source: &str, seed: u64, out: Option<String>) ->
         s.duration,
         min.duration
     );
-    println!("replay: strata-sim run {path} --seed {seed}");
+    println!("replay: strata-sim run {path} --seed {seed}{with_bug}");
     1
 }

@@ -3,6 +3,11 @@
 //! follower forwards them, as etcd's `LeaseServer` does. etcd's quirks are kept: a keep-alive
 //! for an unknown lease answers `TTL: 0`, and `TimeToLive` of an unknown lease answers
 //! `TTL: -1`, both without an error.
+//!
+//! A follower forwards a client's keep-alive stream over one stream of its own to the leader,
+//! opened at the first keep-alive it cannot answer and kept while the client's stream lasts.
+//! (One stream per keep-alive, reset after its answer, runs into h2's limit on locally reset
+//! streams under load and fails the connection to the leader with every call on it.)
 
 use std::pin::Pin;
 
@@ -26,11 +31,18 @@ pub struct LeaseService(pub Ctx);
 
 type KeepAliveStream = Pin<Box<dyn Stream<Item = Result<LeaseKeepAliveResponse, Status>> + Send>>;
 
+/// A client's keep-alives on their way to the leader.
+struct Forward {
+    requests: mpsc::Sender<LeaseKeepAliveRequest>,
+    answers: Streaming<LeaseKeepAliveResponse>,
+}
+
 impl LeaseService {
     async fn keep_alive_once(
         &self,
         req: LeaseKeepAliveRequest,
         md: &MetadataMap,
+        forward: &mut Option<Forward>,
     ) -> Result<LeaseKeepAliveResponse, Status> {
         let id = req.id;
         match self.0.call_raw(Request::LeaseKeepAlive(req), md).await {
@@ -44,16 +56,32 @@ impl LeaseService {
                 ttl: 0,
             }),
             Err(EtcdError::NotLeader) => {
-                let ch = self.0.leader_channel(md).await?;
-                let mut client = LeaseClient::new(ch);
-                let once = tokio_stream::once(req);
-                let mut answers = client
-                    .lease_keep_alive(forwarded(once, md))
-                    .await?
-                    .into_inner();
-                match answers.next().await {
-                    Some(r) => r,
-                    None => Err(status(EtcdError::LeaderChanged)),
+                let f = match forward {
+                    Some(f) => f,
+                    None => {
+                        let ch = self.0.leader_channel(md).await?;
+                        let (requests, rx) = mpsc::channel(16);
+                        let answers = LeaseClient::new(ch)
+                            .lease_keep_alive(forwarded(ReceiverStream::new(rx), md))
+                            .await?
+                            .into_inner();
+                        forward.insert(Forward { requests, answers })
+                    }
+                };
+                let answer = match f.requests.send(req).await {
+                    Ok(()) => f.answers.next().await,
+                    Err(_) => None,
+                };
+                match answer {
+                    Some(Ok(r)) => Ok(r),
+                    Some(Err(e)) => {
+                        *forward = None;
+                        Err(e)
+                    }
+                    None => {
+                        *forward = None;
+                        Err(status(EtcdError::LeaderChanged))
+                    }
                 }
             }
             Err(e) => Err(status(e)),
@@ -98,9 +126,10 @@ impl Lease for LeaseService {
         let (tx, rx) = mpsc::channel(16);
         let this = self.clone();
         tokio::spawn(async move {
+            let mut forward = None;
             while let Some(msg) = inbound.next().await {
                 let answer = match msg {
-                    Ok(req) => this.keep_alive_once(req, &md).await,
+                    Ok(req) => this.keep_alive_once(req, &md, &mut forward).await,
                     Err(_) => break,
                 };
                 let failed = answer.is_err();
