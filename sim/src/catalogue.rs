@@ -61,28 +61,13 @@ pub fn hunt_cli(dir: &str, max_seeds: u64, only: Option<&str>, list: bool) -> i3
         },
         None => Bug::ALL.to_vec(),
     };
-    let mut files: Vec<String> = match std::fs::read_dir(dir) {
-        Ok(rd) => rd
-            .filter_map(|e| e.ok())
-            .map(|e| e.path().display().to_string())
-            .filter(|p| p.ends_with(".toml"))
-            .collect(),
+    let scenarios = match Scenario::load_dir(dir) {
+        Ok(s) => s,
         Err(e) => {
-            eprintln!("{dir}: {e}");
+            eprintln!("{e}");
             return 2;
         }
     };
-    files.sort();
-    let mut scenarios = Vec::new();
-    for f in files {
-        match Scenario::load(&f) {
-            Ok(s) => scenarios.push((f, s)),
-            Err(e) => {
-                eprintln!("{e}");
-                return 2;
-            }
-        }
-    }
     let mut missed = 0;
     println!("| bug | caught by | checker | runs to catch | wall time |");
     println!("|---|---|---|---:|---:|");

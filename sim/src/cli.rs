@@ -257,23 +257,21 @@ fn progress(done: u64, total: u64, failed: usize) {
 }
 
 pub fn main() -> i32 {
-    let cli = Cli::parse();
-    match cli.command {
+    match dispatch(Cli::parse().command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("{e}");
+            2
+        }
+    }
+}
+
+/// Runs one command: its exit code, or the error that kept it from running (exit 2).
+fn dispatch(command: Command) -> Result<i32, String> {
+    Ok(match command {
         Command::Swarm { seeds, print, bug } => {
-            let bug = match parse_bug(bug.as_deref()) {
-                Ok(b) => b,
-                Err(e) => {
-                    eprintln!("{e}");
-                    return 2;
-                }
-            };
-            let seeds = match parse_seeds(&seeds) {
-                Ok(s) => s,
-                Err(e) => {
-                    eprintln!("{e}");
-                    return 2;
-                }
-            };
+            let bug = parse_bug(bug.as_deref())?;
+            let seeds = parse_seeds(&seeds)?;
             let mut tally = Tally::default();
             let total = seeds.len() as u64;
             for (i, seed) in seeds.into_iter().enumerate() {
@@ -287,7 +285,7 @@ pub fn main() -> i32 {
                 progress(i as u64 + 1, total, tally.failed.len());
             }
             if print {
-                return 0;
+                return Ok(0);
             }
             tally.print();
             i32::from(!tally.failed.is_empty())
@@ -296,36 +294,18 @@ pub fn main() -> i32 {
             scenarios,
             random,
             random_base,
-        } => ci(&scenarios, random, random_base),
+        } => ci(&scenarios, random, random_base)?,
         Command::Shrink {
             scenario,
             seed,
             out,
             bug,
         } => {
-            let bug = match parse_bug(bug.as_deref()) {
-                Ok(b) => b,
-                Err(e) => {
-                    eprintln!("{e}");
-                    return 2;
-                }
-            };
-            match load(&scenario) {
-                Ok(s) => crate::shrink::shrink_cli(&s, &scenario, seed, bug, out),
-                Err(e) => {
-                    eprintln!("{e}");
-                    2
-                }
-            }
+            let bug = parse_bug(bug.as_deref())?;
+            crate::shrink::shrink_cli(&load(&scenario)?, &scenario, seed, bug, out)
         }
         Command::Determinism { scenario, seed } => {
-            let s = match load(&scenario) {
-                Ok(s) => s,
-                Err(e) => {
-                    eprintln!("{e}");
-                    return 2;
-                }
-            };
+            let s = load(&scenario)?;
             let a = run(&s, seed);
             let b = run(&s, seed);
             println!(
@@ -353,27 +333,9 @@ pub fn main() -> i32 {
             trace,
             bug,
         } => {
-            let bug = match parse_bug(bug.as_deref()) {
-                Ok(b) => b,
-                Err(e) => {
-                    eprintln!("{e}");
-                    return 2;
-                }
-            };
-            let s = match load(&scenario) {
-                Ok(s) => s,
-                Err(e) => {
-                    eprintln!("{e}");
-                    return 2;
-                }
-            };
-            let seeds = match parse_seeds(&seed) {
-                Ok(s) => s,
-                Err(e) => {
-                    eprintln!("{e}");
-                    return 2;
-                }
-            };
+            let bug = parse_bug(bug.as_deref())?;
+            let s = load(&scenario)?;
+            let seeds = parse_seeds(&seed)?;
             let mut failed = 0;
             for seed in seeds {
                 if !run_and_report(&s, &scenario, seed, trace, bug).passed() {
@@ -382,34 +344,15 @@ pub fn main() -> i32 {
             }
             i32::from(failed > 0)
         }
-    }
+    })
 }
 
-fn ci(dir: &str, random: u64, random_base: Option<u64>) -> i32 {
-    let mut files: Vec<String> = match std::fs::read_dir(dir) {
-        Ok(rd) => rd
-            .filter_map(|e| e.ok())
-            .map(|e| e.path().display().to_string())
-            .filter(|p| p.ends_with(".toml"))
-            .collect(),
-        Err(e) => {
-            eprintln!("{dir}: {e}");
-            return 2;
-        }
-    };
-    files.sort();
+fn ci(dir: &str, random: u64, random_base: Option<u64>) -> Result<i32, String> {
     let mut tally = Tally::default();
-    for f in &files {
-        let s = match Scenario::load(f) {
-            Ok(s) => s,
-            Err(e) => {
-                eprintln!("{e}");
-                return 2;
-            }
-        };
+    for (f, s) in Scenario::load_dir(dir)? {
         for &seed in &s.seeds {
-            let r = run_and_report(&s, f, seed, false, None);
-            tally.add(&r, f);
+            let r = run_and_report(&s, &f, seed, false, None);
+            tally.add(&r, &f);
         }
     }
     let base = random_base.unwrap_or_else(|| {
@@ -428,5 +371,5 @@ fn ci(dir: &str, random: u64, random_base: Option<u64>) -> i32 {
         tally.add(&r, &format!("swarm:{seed}"));
     }
     tally.print();
-    i32::from(!tally.failed.is_empty())
+    Ok(i32::from(!tally.failed.is_empty()))
 }

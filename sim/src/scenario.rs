@@ -520,6 +520,25 @@ impl Scenario {
         Scenario::parse(path, &text)
     }
 
+    /// Every `*.toml` scenario directly in `dir` (not its subdirectories: `scenarios/open/`
+    /// holds failing stories kept out of CI), sorted by path.
+    pub fn load_dir(dir: &str) -> Result<Vec<(String, Scenario)>, String> {
+        let entries = std::fs::read_dir(dir).map_err(|e| format!("{dir}: {e}"))?;
+        let mut files: Vec<String> = entries
+            .filter_map(|e| e.ok())
+            .map(|e| e.path().display().to_string())
+            .filter(|p| p.ends_with(".toml"))
+            .collect();
+        files.sort();
+        files
+            .into_iter()
+            .map(|f| {
+                let s = Scenario::load(&f).map_err(|e| e.to_string())?;
+                Ok((f, s))
+            })
+            .collect()
+    }
+
     /// Members that can exist in this run: voters, initial learners, and one per
     /// `add-learner` fault.
     pub fn max_members(&self) -> u32 {
