@@ -5,11 +5,9 @@
 # every scenario in scenarios/ with its listed seeds plus a random swarm batch. Any failure
 # prints the one command that replays it.
 #   STRATA_SIM_RANDOM=N   size of the random swarm batch (default 100)
-#   STRATA_SIM_BASE=S     first random seed (default 1000); `commit` draws it from the
-#                         commit's hash, `clock` from the time (printed). The landing gate
-#                         stays on a fixed batch while swarm:302121 (a paused leader answers
-#                         a keep-alive "lease gone" before the revoke is committed; README,
-#                         open bugs) is open; explore with STRATA_SIM_BASE=commit or clock.
+#   STRATA_SIM_BASE=S     first random seed; default `commit`: drawn from the commit's hash,
+#                         so every commit explores 100 new seeds yet a clone of it replays
+#                         the same batch; `clock` draws it from the time (printed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -38,7 +36,7 @@ commit_base() {
   head=$(git rev-parse --short=7 HEAD 2>/dev/null) || { echo 1000; return; }
   echo $((10000 + 0x$head % 1000000))
 }
-base="${STRATA_SIM_BASE:-1000}"
+base="${STRATA_SIM_BASE:-commit}"
 if [ "$base" = commit ]; then
   base=$(commit_base)
 fi

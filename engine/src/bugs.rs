@@ -32,10 +32,13 @@ pub enum Bug {
     TxnRevisionOffByOne,
     /// A snapshot is installed without its leases.
     SnapshotWithoutLeases,
+    /// A leader answers the keep-alive of a lease that expired on its clock with TTL 0 at
+    /// once, before any revoke commits (Strata's own bug, swarm seed 302121).
+    ExpiredKeepAliveAnswered,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 11] = [
+    pub const ALL: [Bug; 12] = [
         Bug::SkipFsync,
         Bug::VoteNotPersisted,
         Bug::SerializableAsLinearizable,
@@ -47,6 +50,7 @@ impl Bug {
         Bug::WrongPrevKv,
         Bug::TxnRevisionOffByOne,
         Bug::SnapshotWithoutLeases,
+        Bug::ExpiredKeepAliveAnswered,
     ];
 
     /// The kebab-case name the simulator's `--bug` takes.
@@ -63,6 +67,7 @@ impl Bug {
             Bug::WrongPrevKv => "wrong-prev-kv",
             Bug::TxnRevisionOffByOne => "txn-revision-off-by-one",
             Bug::SnapshotWithoutLeases => "snapshot-without-leases",
+            Bug::ExpiredKeepAliveAnswered => "expired-keepalive-answered",
         }
     }
 

@@ -70,6 +70,18 @@ use crate::types::LeaseId;
 /// the revoke it proposed was lost (etcd's `defaultExpiredleaseRetryInterval`).
 pub const EXPIRED_LEASE_RETRY_INTERVAL_MS: u64 = 3_000;
 
+/// Why a keep-alive renewed nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RenewRefused {
+    /// This node does not hold the leases' expiries (it is not the leader).
+    NotPrimary,
+    /// No such lease: etcd answers the keep-alive with TTL 0.
+    NotFound,
+    /// The lease's expiry has passed; its revoke is (or will be) proposed. The answer waits
+    /// for that revoke to apply (TTL 0) or for this node to lose leadership (retry elsewhere).
+    Expired,
+}
+
 /// The answer to a keep-alive on the primary.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Renewal {
@@ -413,15 +425,16 @@ impl Lessor {
         self.primary.is_some()
     }
 
-    /// A keep-alive, on the primary only (followers forward it, `NotLeader`). An expired lease
-    /// is never renewed: its revoke may be in flight. etcd blocks such a renewal until the revoke
-    /// applies and then answers "not found"; a state machine cannot block, so it answers "not
-    /// found" at once (the keep-alive stream reports TTL 0).
-    pub fn renew(&mut self, id: LeaseId, now_ms: u64) -> Result<Renewal, EtcdError> {
-        let primary = self.primary.as_mut().ok_or(EtcdError::NotLeader)?;
-        let lease = self.leases.get(&id).ok_or(EtcdError::LeaseNotFound)?;
+    /// A keep-alive, on the primary only (followers forward it). An expired lease is never
+    /// renewed: its revoke may be in flight, or may never commit if this primary is deposed.
+    /// etcd's lessor blocks such a renewal until the revoke applies ("not found") or the primary
+    /// is demoted ("not primary", and the client retries on the new leader); the caller parks
+    /// the request on [`RenewRefused::Expired`] and settles it the same way.
+    pub fn renew(&mut self, id: LeaseId, now_ms: u64) -> Result<Renewal, RenewRefused> {
+        let primary = self.primary.as_mut().ok_or(RenewRefused::NotPrimary)?;
+        let lease = self.leases.get(&id).ok_or(RenewRefused::NotFound)?;
         if now_ms >= primary.expiry_of(id) {
-            return Err(EtcdError::LeaseNotFound);
+            return Err(RenewRefused::Expired);
         }
         primary.set_expiry(id, now_ms + secs_to_ms(lease.ttl_secs));
         Ok(Renewal {
@@ -702,7 +715,7 @@ mod tests {
         let mut l = lessor();
         grant(&mut l, 1, 5, 0);
         assert!(l.expired(u64::MAX / 2, 10).is_empty());
-        assert_eq!(l.renew(LeaseId(1), 0), Err(EtcdError::NotLeader));
+        assert_eq!(l.renew(LeaseId(1), 0), Err(RenewRefused::NotPrimary));
         assert!(l.due_checkpoints(u64::MAX / 2, 1, 10).is_empty());
         assert_eq!(ttl(&l, 1, 0), 5, "a follower answers from replicated state");
     }
@@ -724,7 +737,7 @@ mod tests {
         );
         assert!(l.expired(17_999, 10).is_empty());
         assert_eq!(l.expired(18_000, 10), vec![LeaseId(1)]);
-        assert_eq!(l.renew(LeaseId(2), 8_000), Err(EtcdError::LeaseNotFound));
+        assert_eq!(l.renew(LeaseId(2), 8_000), Err(RenewRefused::NotFound));
     }
 
     #[test]
@@ -732,7 +745,7 @@ mod tests {
         let mut l = lessor();
         l.promote(0, 0);
         grant(&mut l, 1, 10, 0);
-        assert_eq!(l.renew(LeaseId(1), 10_000), Err(EtcdError::LeaseNotFound));
+        assert_eq!(l.renew(LeaseId(1), 10_000), Err(RenewRefused::Expired));
         assert_eq!(l.expired(10_000, 10), vec![LeaseId(1)]);
     }
 

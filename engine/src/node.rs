@@ -51,6 +51,7 @@ use crate::auth::{AuthInfo, AuthStore, PasswordCheck, DEFAULT_TOKEN_TTL_SECS};
 use crate::backend::{BackendError, Bucket, KvBackend};
 use crate::bugs::{self, Bug};
 use crate::error::{Error, EtcdError};
+use crate::lease::RenewRefused;
 use crate::limits::{self, Limits};
 use crate::membership::{self, to_member};
 use crate::mvcc::{self, MvccStore};
@@ -333,6 +334,18 @@ struct WaitingRead {
     deadline: u64,
 }
 
+/// A keep-alive of a lease whose expiry passed on this leader: answered once the lease's revoke
+/// applies (TTL 0), or with `NotLeader` once this node stops leading (the server then retries
+/// on the new leader), or with a timeout at the deadline. etcd's lessor waits the same way
+/// (`revokec`, `demotec`); answering TTL 0 at once would tell a client its lease is gone while a
+/// newer leader, which this one does not know about yet, keeps it alive.
+#[derive(Debug)]
+struct ExpiredKeepAlive {
+    id: RequestId,
+    lease: LeaseId,
+    deadline: u64,
+}
+
 /// An input whose token names an `Authenticate` entry this member has not applied yet.
 #[derive(Debug)]
 struct AwaitingToken {
@@ -378,6 +391,7 @@ pub struct Node<B: KvBackend> {
     ready_reads: VecDeque<(LogIndex, Vec<WaitingRead>)>,
     /// Requests and watches waiting for their token's `Authenticate` entry to be applied.
     awaiting_token: Vec<AwaitingToken>,
+    expired_keep_alives: Vec<ExpiredKeepAlive>,
     /// Messages held until the Ready with that number is persisted.
     held_messages: VecDeque<(u64, Vec<Message>)>,
     /// A snapshot whose persistence will let raft count it applied.
@@ -467,6 +481,7 @@ impl<B: KvBackend> Node<B> {
             inflight_reads: BTreeMap::new(),
             ready_reads: VecDeque::new(),
             awaiting_token: Vec::new(),
+            expired_keep_alives: Vec::new(),
             held_messages: VecDeque::new(),
             snapshot_applied_on_persist: None,
             last_compaction: compacted.0,
@@ -841,6 +856,7 @@ impl<B: KvBackend> Node<B> {
         if self.is_leader() {
             self.expire_leases();
         }
+        self.settle_expired_keep_alives();
         if self
             .ticks
             .is_multiple_of((1000 / self.config.tick_ms).max(1))
@@ -995,6 +1011,7 @@ impl<B: KvBackend> Node<B> {
         }
         self.sm.commit()?;
         self.raw.advance_apply_to(last);
+        self.settle_expired_keep_alives();
         if !events.is_empty() {
             self.inject_watch_bugs(&mut events);
             let outs = self.watch.notify(&events);
@@ -1752,17 +1769,26 @@ impl<B: KvBackend> Node<B> {
             return Err(EtcdError::NotLeader.into());
         }
         match self.sm.lessor.renew(lease, self.now_ms) {
-            // etcd answers a keep-alive of an unknown lease with TTL 0, not an error.
-            Err(EtcdError::LeaseNotFound) => {
-                let resp = pb::LeaseKeepAliveResponse {
-                    header: None,
-                    id: lease.0,
-                    ttl: 0,
-                };
-                self.respond(id, Ok(Response::LeaseKeepAlive(resp)));
+            Err(RenewRefused::NotPrimary) => Err(EtcdError::NotLeader.into()),
+            Err(RenewRefused::NotFound) => {
+                self.respond_lease_gone(id, lease);
                 Ok(())
             }
-            Err(e) => Err(e.into()),
+            Err(RenewRefused::Expired)
+                if bugs::active(self.config.bug, Bug::ExpiredKeepAliveAnswered) =>
+            {
+                self.respond_lease_gone(id, lease);
+                Ok(())
+            }
+            Err(RenewRefused::Expired) => {
+                let deadline = self.ticks + self.config.request_timeout_ticks;
+                self.expired_keep_alives.push(ExpiredKeepAlive {
+                    id,
+                    lease,
+                    deadline,
+                });
+                Ok(())
+            }
             Ok(renewal) if renewal.needs_checkpoint_reset => {
                 // A checkpointed remaining TTL would let a new leader expire the lease before the
                 // TTL just promised: replicate the reset before answering (etcd #13294).
@@ -1791,6 +1817,36 @@ impl<B: KvBackend> Node<B> {
                 };
                 self.respond(id, Ok(Response::LeaseKeepAlive(resp)));
                 Ok(())
+            }
+        }
+    }
+
+    /// etcd answers a keep-alive of an unknown lease with TTL 0, not an error.
+    fn respond_lease_gone(&mut self, id: RequestId, lease: LeaseId) {
+        let resp = pb::LeaseKeepAliveResponse {
+            header: None,
+            id: lease.0,
+            ttl: 0,
+        };
+        self.respond(id, Ok(Response::LeaseKeepAlive(resp)));
+    }
+
+    /// Answers the parked keep-alives of expired leases whose fate is now known.
+    fn settle_expired_keep_alives(&mut self) {
+        if self.expired_keep_alives.is_empty() {
+            return;
+        }
+        let leading = self.is_leader();
+        let now = self.ticks;
+        for k in std::mem::take(&mut self.expired_keep_alives) {
+            if !self.sm.lessor.contains(k.lease) {
+                self.respond_lease_gone(k.id, k.lease);
+            } else if !leading {
+                self.respond(k.id, Err(EtcdError::NotLeader));
+            } else if k.deadline <= now {
+                self.respond(k.id, Err(EtcdError::Timeout));
+            } else {
+                self.expired_keep_alives.push(k);
             }
         }
     }

@@ -1,7 +1,8 @@
 //! The bug hunt: for each bug of the engine's catalogue (`strata_engine::bugs`), run the
-//! scenario files seed after seed (seed 1 of every scenario, then seed 2, …) with the bug
-//! injected until a checker catches it, and report how many runs and how much time that
-//! took. A bug no run catches is a hole in the simulator, and the command fails.
+//! scenario files round after round with the bug injected until a checker catches it, and
+//! report how many runs and how much time that took. Round `k` (from 1) runs every scenario
+//! with its `k`-th listed seed (the seeds CI runs it with), or seed `k` past the end of its
+//! list. A bug no run catches is a hole in the simulator, and the command fails.
 
 use std::time::{Duration, Instant};
 
@@ -22,8 +23,9 @@ pub struct Catch {
 pub fn hunt(scenarios: &[(String, Scenario)], bug: Bug, max_seeds: u64) -> Catch {
     let started = Instant::now();
     let mut runs = 0;
-    for seed in 1..=max_seeds {
+    for round in 1..=max_seeds {
         for (path, s) in scenarios {
+            let seed = s.seeds.get(round as usize - 1).copied().unwrap_or(round);
             runs += 1;
             let r = run_with(s, seed, Some(bug));
             if let Some(v) = r.violations.first() {

@@ -65,12 +65,13 @@ enum Command {
         #[arg(long)]
         bug: Option<String>,
     },
-    /// The bug catalogue: for each injected bug, run the scenarios seed after seed until a
-    /// checker catches it; print the table (runs and time to catch).
+    /// The bug catalogue: for each injected bug, run the scenarios round after round (each
+    /// scenario's listed seeds first) until a checker catches it; print the table (runs and
+    /// time to catch).
     Bugs {
         #[arg(long, default_value = "scenarios")]
         scenarios: String,
-        /// Give up on a bug after this many seeds per scenario.
+        /// Give up on a bug after this many rounds (seeds per scenario).
         #[arg(long, default_value_t = 5)]
         max_seeds: u64,
         /// Only this bug.
