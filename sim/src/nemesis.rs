@@ -147,6 +147,19 @@ impl Nemesis {
                     }
                 }
             }
+            Fault::Reconnect { .. } => {
+                if self.isolated.remove(&ix) {
+                    if let Some(n) = self.members.node_id(ix) {
+                        Self::net().unclog_node(n);
+                    }
+                } else {
+                    self.rec
+                        .log(format!("reconnect s{ix}: not isolated; nothing to do"));
+                }
+            }
+            Fault::Swizzle { .. } => {
+                unreachable!("Scenario::timeline expands a swizzle into isolate and reconnect")
+            }
             Fault::Heal => self.heal_network(),
             Fault::Loss { rate } => {
                 let rate = *rate;

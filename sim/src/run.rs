@@ -204,7 +204,7 @@ async fn drive_with(s: Scenario, bug: Option<Bug>) -> (History, Vec<String>) {
             nemesis.apply(&crate::scenario::Fault::AddLearner).await;
         }
     }
-    for t in &s.faults {
+    for t in &s.timeline() {
         tokio::time::sleep_until(t0 + t.at.0).await;
         nemesis.apply(&t.fault).await;
     }

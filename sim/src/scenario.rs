@@ -184,6 +184,23 @@ pub enum Fault {
         from: Vec<u32>,
         to: Vec<u32>,
     },
+    /// End one member's isolation (other network faults stay).
+    Reconnect {
+        node: Target,
+    },
+    /// FoundationDB's swizzle-clogging: isolate `nodes` one at a time, `every` apart, keep them
+    /// all cut off for `hold`, then reconnect them one at a time, `every` apart, in the order
+    /// `reconnect` (default: the reverse of `nodes`). Connections come back in an order other
+    /// than the one they failed in, with whatever each stalled stream still holds.
+    /// [`Scenario::timeline`] expands it into `isolate` and `reconnect` steps.
+    Swizzle {
+        nodes: Vec<u32>,
+        every: Span,
+        #[serde(default)]
+        hold: Span,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        reconnect: Vec<u32>,
+    },
     /// Repair every network fault (partitions, isolation, one-way cuts, loss, latency).
     Heal,
     /// Each peer/client message is lost with this probability (TCP then retransmits: the
@@ -267,6 +284,8 @@ impl Fault {
             Fault::Partition { .. } => "partition",
             Fault::Isolate { .. } => "isolate",
             Fault::OneWay { .. } => "one-way",
+            Fault::Reconnect { .. } => "reconnect",
+            Fault::Swizzle { .. } => "swizzle",
             Fault::Heal => "heal",
             Fault::Loss { .. } => "loss",
             Fault::Latency { .. } => "latency",
@@ -292,6 +311,7 @@ impl Fault {
     pub fn target(&self) -> Option<&Target> {
         match self {
             Fault::Isolate { node }
+            | Fault::Reconnect { node }
             | Fault::Kill { node, .. }
             | Fault::Restart { node }
             | Fault::Pause { node }
@@ -313,11 +333,66 @@ impl Fault {
         match self {
             Fault::Partition { groups } => groups.iter().flatten().copied().collect(),
             Fault::OneWay { from, to } => from.iter().chain(to).copied().collect(),
+            Fault::Swizzle {
+                nodes, reconnect, ..
+            } => nodes.iter().chain(reconnect).copied().collect(),
             _ => match self.target() {
                 Some(Target::Index(i)) => vec![*i],
                 _ => vec![],
             },
         }
+    }
+}
+
+impl Fault {
+    /// How long the fault takes from its start to its last step (zero but for a swizzle).
+    pub fn length(&self) -> Span {
+        self.steps().last().map(|s| s.0).unwrap_or_default()
+    }
+
+    /// A swizzle's steps, at offsets from its start: each node isolated in turn, then each
+    /// reconnected in turn. Any other fault is its own single step.
+    fn steps(&self) -> Vec<(Span, Fault)> {
+        let Fault::Swizzle {
+            nodes,
+            every,
+            hold,
+            reconnect,
+        } = self
+        else {
+            return vec![(Span::default(), self.clone())];
+        };
+        let order: Vec<u32> = if reconnect.is_empty() {
+            nodes.iter().rev().copied().collect()
+        } else {
+            reconnect.clone()
+        };
+        let mut steps = Vec::new();
+        let mut t = Span::default();
+        for (i, &n) in nodes.iter().enumerate() {
+            if i > 0 {
+                t = t + *every;
+            }
+            steps.push((
+                t,
+                Fault::Isolate {
+                    node: Target::Index(n),
+                },
+            ));
+        }
+        t = t + *hold;
+        for (i, &n) in order.iter().enumerate() {
+            if i > 0 {
+                t = t + *every;
+            }
+            steps.push((
+                t,
+                Fault::Reconnect {
+                    node: Target::Index(n),
+                },
+            ));
+        }
+        steps
     }
 }
 
@@ -604,10 +679,40 @@ impl Scenario {
                 Fault::Latency { min, max } if min > max => {
                     return Err(format!("fault {i} (latency): min {min} > max {max}"))
                 }
+                Fault::Swizzle {
+                    nodes, reconnect, ..
+                } => {
+                    validate_swizzle(nodes, reconnect)
+                        .map_err(|e| format!("fault {i} (swizzle): {e}"))?;
+                    let end = t.at + t.fault.length();
+                    if end > self.duration {
+                        return Err(format!(
+                            "fault {i} (swizzle) ends at {end}, after the duration {}",
+                            self.duration
+                        ));
+                    }
+                }
                 _ => {}
             }
         }
         Ok(())
+    }
+
+    /// The timeline as the nemesis carries it out: every fault in time order, compound
+    /// faults (`swizzle`) expanded into their steps.
+    pub fn timeline(&self) -> Vec<Timed> {
+        let mut out: Vec<Timed> = self
+            .faults
+            .iter()
+            .flat_map(|t| {
+                t.fault.steps().into_iter().map(|(offset, fault)| Timed {
+                    at: t.at + offset,
+                    fault,
+                })
+            })
+            .collect();
+        out.sort_by_key(|t| t.at);
+        out
     }
 
     /// The scenario as a file: story comment, then TOML.
@@ -623,6 +728,35 @@ impl Scenario {
         out.push('\n');
         out.push_str(&toml::to_string(self).expect("a scenario serializes"));
         out
+    }
+}
+
+fn validate_swizzle(nodes: &[u32], reconnect: &[u32]) -> Result<(), String> {
+    if nodes.is_empty() {
+        return Err("nodes is empty".into());
+    }
+    let mut sorted = nodes.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    if sorted.len() != nodes.len() {
+        return Err(format!("nodes {nodes:?} names a member twice"));
+    }
+    if !reconnect.is_empty() {
+        let mut r = reconnect.to_vec();
+        r.sort_unstable();
+        if r != sorted {
+            return Err(format!(
+                "reconnect {reconnect:?} must name each of nodes {nodes:?} once"
+            ));
+        }
+    }
+    Ok(())
+}
+
+impl std::ops::Add for Span {
+    type Output = Span;
+    fn add(self, other: Span) -> Span {
+        Span(self.0 + other.0)
     }
 }
 
@@ -699,6 +833,90 @@ kind = "heal"
         let bad = EXAMPLE.replace("at = \"8s\"", "at = \"80s\"");
         let e = Scenario::parse("x.toml", &bad).unwrap_err().to_string();
         assert!(e.contains("after the duration"), "{e}");
+    }
+
+    const SWIZZLE: &str = r#"name = "swizzle"
+duration = "10s"
+
+[cluster]
+voters = 5
+
+[[fault]]
+at = "1s"
+kind = "swizzle"
+nodes = [3, 0, 4]
+every = "500ms"
+hold = "2s"
+reconnect = [0, 4, 3]
+
+[[fault]]
+at = "2200ms"
+kind = "heal"
+"#;
+
+    #[test]
+    fn swizzle_expands_into_isolations_then_reconnects_in_its_order() {
+        let s = Scenario::parse("swizzle.toml", SWIZZLE).unwrap();
+        let steps: Vec<(u64, &str, Option<Target>)> = s
+            .timeline()
+            .iter()
+            .map(|t| {
+                (
+                    t.at.0.as_millis() as u64,
+                    t.fault.kind(),
+                    t.fault.target().cloned(),
+                )
+            })
+            .collect();
+        let ix = |i| Some(Target::Index(i));
+        assert_eq!(
+            steps,
+            vec![
+                (1000, "isolate", ix(3)),
+                (1500, "isolate", ix(0)),
+                (2000, "isolate", ix(4)),
+                (2200, "heal", None),
+                (4000, "reconnect", ix(0)),
+                (4500, "reconnect", ix(4)),
+                (5000, "reconnect", ix(3)),
+            ]
+        );
+        let reversed = SWIZZLE.replace("reconnect = [0, 4, 3]\n", "");
+        let s = Scenario::parse("swizzle.toml", &reversed).unwrap();
+        let order: Vec<Option<Target>> = s
+            .timeline()
+            .iter()
+            .filter(|t| t.fault.kind() == "reconnect")
+            .map(|t| t.fault.target().cloned())
+            .collect();
+        assert_eq!(order, vec![ix(4), ix(0), ix(3)], "default: reverse order");
+    }
+
+    #[test]
+    fn swizzle_errors_name_the_field() {
+        let cases = [
+            (
+                "reconnect = [0, 4, 3]",
+                "reconnect = [0, 4]",
+                "must name each of nodes",
+            ),
+            (
+                "nodes = [3, 0, 4]",
+                "nodes = [3, 3, 4]",
+                "names a member twice",
+            ),
+            ("nodes = [3, 0, 4]", "nodes = [3, 0, 5]", "names member 5"),
+            (
+                "hold = \"2s\"",
+                "hold = \"9s\"",
+                "(swizzle) ends at 12s, after the duration",
+            ),
+        ];
+        for (from, to, want) in cases {
+            let bad = SWIZZLE.replace(from, to);
+            let e = Scenario::parse("x.toml", &bad).unwrap_err().to_string();
+            assert!(e.contains(want), "{to}: {e}");
+        }
     }
 
     #[test]

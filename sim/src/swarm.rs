@@ -53,6 +53,34 @@ enum Family {
     Maintenance,
 }
 
+/// A swizzle-clog of two or more of the voters, each order drawn (FoundationDB's: a random
+/// subset, clogged one by one, unclogged in a random order), lasting at most `budget_ms`. Its
+/// own reconnects repair it.
+fn draw_swizzle(d: &mut Draw, voters: u32, budget_ms: u64) -> Fault {
+    let mut nodes: Vec<u32> = (0..voters).collect();
+    shuffle(d, &mut nodes);
+    nodes.truncate(d.range(2, voters as u64) as usize);
+    let mut reconnect = nodes.clone();
+    shuffle(d, &mut reconnect);
+    let hold = d.range(0, 3000.min(budget_ms / 4));
+    let gaps = 2 * (nodes.len() as u64 - 1);
+    let every = d.range(100, 1500.min((budget_ms - hold) / gaps).max(100));
+    Fault::Swizzle {
+        nodes,
+        every: Span::ms(every),
+        hold: Span::ms(hold),
+        reconnect,
+    }
+}
+
+/// Fisher–Yates with the swarm's own generator.
+fn shuffle<T>(d: &mut Draw, items: &mut [T]) {
+    for i in (1..items.len()).rev() {
+        let j = d.range(0, i as u64) as usize;
+        items.swap(i, j);
+    }
+}
+
 /// The scenario seed `seed` stands for.
 pub fn scenario(seed: u64) -> Scenario {
     let mut d = Draw::new(seed);
@@ -135,6 +163,11 @@ pub fn scenario(seed: u64) -> Scenario {
                         },
                     );
                     push(repair_at, Fault::Heal);
+                }
+                1 if voters >= 3 && d.chance(0.4) => {
+                    let swizzle = draw_swizzle(&mut d, voters, end_ms - 1000);
+                    let length = swizzle.length().0.as_millis() as u64;
+                    push(at.min(end_ms - length), swizzle);
                 }
                 1 => {
                     push(
@@ -378,5 +411,6 @@ mod tests {
             .flat_map(|s| scenario(s).faults.into_iter().map(|t| t.fault.kind()))
             .collect();
         assert!(kinds.len() >= 15, "{kinds:?}");
+        assert!(kinds.contains("swizzle"), "{kinds:?}");
     }
 }
