@@ -73,6 +73,7 @@ pub async fn serve(
     let app = grpc
         .clone()
         .into_axum_router()
+        .layer(axum::middleware::map_response(grpc_go_size_status))
         .merge(crate::gateway::router(grpc, max_request_bytes))
         .merge(plain_routes(ctx.clone()));
     // Small answers must not wait for the client's delayed ACK (Nagle): etcd's listeners set
@@ -88,6 +89,53 @@ pub async fn serve(
     if let Err(e) = result {
         tracing::error!(error = %e, "client listener failed");
     }
+}
+
+/// tonic refuses a message over the receive limit with `OUT_OF_RANGE` in its own words; etcd
+/// (grpc-go) answers `RESOURCE_EXHAUSTED` "grpc: received message larger than max (N vs. M)",
+/// and clients match on the code. Rewrites that one status wherever tonic puts it: in the
+/// headers of a trailers-only answer (unary calls) or in the trailers that end a stream.
+async fn grpc_go_size_status(response: axum::response::Response) -> axum::response::Response {
+    use http_body_util::BodyExt as _;
+    let (mut parts, body) = response.into_parts();
+    rewrite_size_status(&mut parts.headers);
+    let body = body.map_frame(|frame| match frame.into_trailers() {
+        Ok(mut trailers) => {
+            rewrite_size_status(&mut trailers);
+            http_body::Frame::trailers(trailers)
+        }
+        Err(frame) => frame,
+    });
+    axum::response::Response::from_parts(parts, axum::body::Body::new(body))
+}
+
+fn rewrite_size_status(headers: &mut axum::http::HeaderMap) {
+    let Some(status) = tonic::Status::from_header_map(headers) else {
+        return;
+    };
+    if status.code() != tonic::Code::OutOfRange {
+        return;
+    }
+    let Some((found, limit)) = tonic_too_large(status.message()) else {
+        return;
+    };
+    let etcd = tonic::Status::resource_exhausted(format!(
+        "grpc: received message larger than max ({found} vs. {limit})"
+    ));
+    headers.remove(tonic::Status::GRPC_MESSAGE);
+    headers.remove(tonic::Status::GRPC_STATUS_DETAILS);
+    if etcd.add_header(headers).is_err() {
+        tracing::warn!("could not rewrite a message-size status");
+    }
+}
+
+/// `(found, limit)` from tonic's "Error, decoded message length too large: found N bytes, the
+/// limit is: M bytes".
+fn tonic_too_large(message: &str) -> Option<(u64, u64)> {
+    let rest = message.strip_prefix("Error, decoded message length too large: found ")?;
+    let (found, rest) = rest.split_once(" bytes, the limit is: ")?;
+    let limit = rest.strip_suffix(" bytes")?;
+    Some((found.parse().ok()?, limit.parse().ok()?))
 }
 
 fn plain_routes(ctx: Ctx) -> Router {
@@ -160,4 +208,40 @@ async fn metrics(State(ctx): State<Ctx>) -> impl IntoResponse {
         [("content-type", "text/plain; version=0.0.4")],
         ctx.handle.shared.metrics.render(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tonic_size_refusal_becomes_grpc_go_resource_exhausted() {
+        let mut headers = axum::http::HeaderMap::new();
+        tonic::Status::out_of_range(
+            "Error, decoded message length too large: found 3145739 bytes, the limit is: 2097152 bytes",
+        )
+        .add_header(&mut headers)
+        .unwrap();
+        rewrite_size_status(&mut headers);
+        let status = tonic::Status::from_header_map(&headers).unwrap();
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+        assert_eq!(
+            status.message(),
+            "grpc: received message larger than max (3145739 vs. 2097152)"
+        );
+    }
+
+    #[test]
+    fn other_statuses_are_left_alone() {
+        for status in [
+            tonic::Status::out_of_range("etcdserver: mvcc: required revision is a future revision"),
+            tonic::Status::invalid_argument("etcdserver: request is too large"),
+        ] {
+            let mut headers = axum::http::HeaderMap::new();
+            status.add_header(&mut headers).unwrap();
+            let before = headers.clone();
+            rewrite_size_status(&mut headers);
+            assert_eq!(headers, before);
+        }
+    }
 }

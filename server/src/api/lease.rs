@@ -130,7 +130,9 @@ impl Lease for LeaseService {
             while let Some(msg) = inbound.next().await {
                 let answer = match msg {
                     Ok(req) => this.keep_alive_once(req, &md, &mut forward).await,
-                    Err(_) => break,
+                    // A request the server cannot read (too large, malformed) ends the stream
+                    // with gRPC's status, as etcd's does.
+                    Err(e) => Err(e),
                 };
                 let failed = answer.is_err();
                 if tx.send(answer).await.is_err() || failed {

@@ -42,12 +42,16 @@ impl Watch for WatchService {
         let token = super::token(req.metadata());
         let mut inbound = req.into_inner();
         let (stream, events) = handle.watch_open().map_err(status)?;
+        // A request the server cannot read (too large, malformed) ends the stream with gRPC's
+        // status, as etcd's recvLoop does.
+        let (unreadable_tx, unreadable_rx) = tokio::sync::oneshot::channel::<Status>();
         tokio::spawn(async move {
             loop {
                 let msg = match inbound.next().await {
                     Some(Ok(msg)) => msg,
                     Some(Err(e)) => {
                         tracing::debug!(error = %e, "watch stream ended by the client");
+                        let _ = unreadable_tx.send(e);
                         break;
                     }
                     None => break,
@@ -84,6 +88,14 @@ impl Watch for WatchService {
             };
             futures::stream::iter(responses.into_iter().map(Ok))
         });
-        Ok(Response::new(Box::pin(out)))
+        // The reader sends its error before closing the stream, so once the responses end, the
+        // error (if any) is there to end the stream with.
+        let mut unreadable_rx = unreadable_rx;
+        let unreadable = futures::stream::iter(std::iter::from_fn(move || {
+            unreadable_rx.try_recv().ok().map(Err)
+        }));
+        Ok(Response::new(Box::pin(futures::StreamExt::chain(
+            out, unreadable,
+        ))))
     }
 }
