@@ -35,10 +35,13 @@ pub enum Bug {
     /// A leader answers the keep-alive of a lease that expired on its clock with TTL 0 at
     /// once, before any revoke commits (Strata's own bug, swarm seed 302121).
     ExpiredKeepAliveAnswered,
+    /// v3lock's `Lock` answers as soon as the caller's key is in the queue, without waiting
+    /// for the keys created before it to be deleted.
+    LockSkipsWait,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 12] = [
+    pub const ALL: [Bug; 13] = [
         Bug::SkipFsync,
         Bug::VoteNotPersisted,
         Bug::SerializableAsLinearizable,
@@ -51,6 +54,7 @@ impl Bug {
         Bug::TxnRevisionOffByOne,
         Bug::SnapshotWithoutLeases,
         Bug::ExpiredKeepAliveAnswered,
+        Bug::LockSkipsWait,
     ];
 
     /// The kebab-case name the simulator's `--bug` takes.
@@ -68,6 +72,7 @@ impl Bug {
             Bug::TxnRevisionOffByOne => "txn-revision-off-by-one",
             Bug::SnapshotWithoutLeases => "snapshot-without-leases",
             Bug::ExpiredKeepAliveAnswered => "expired-keepalive-answered",
+            Bug::LockSkipsWait => "lock-skips-wait",
         }
     }
 

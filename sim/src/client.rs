@@ -7,8 +7,12 @@
 //! - Each client holds a lease, keeps it alive every ttl/3 (one keep-alive stream request per
 //!   renewal) and may abandon it to let it expire.
 //! - A client whose member fails it moves to the next member (as etcd's clients balance).
+//! - Lock and election ops contend on one lock and one election (v3lock, v3election) with the
+//!   client's lease; a key a client may still hold is released before it asks again.
 //! - Watchers watch every workload key from revision 1 with `prev_kv`, and resume after a
-//!   break from the revision after the last one they saw, as etcd's clients do.
+//!   break from the revision after the last one they saw, as etcd's clients do. When the mix
+//!   has lock or election ops, an auditor watches their keys the same way (the mutex checker
+//!   rebuilds the queues from it).
 //!
 //! Outcome rule: an answer is `Ok`; an error etcd guarantees changed nothing is `Failed`;
 //! anything else (timeouts, transport errors, "request timed out", "leader changed") is
@@ -25,10 +29,16 @@ use strata_engine::proto::etcdserverpb::{
     WatchCreateRequest, WatchProgressRequest, WatchRequest,
 };
 use strata_engine::proto::mvccpb::{self, KeyValue};
+use strata_engine::proto::v3electionpb::{
+    CampaignRequest, LeaderKey, LeaderRequest, ResignRequest,
+};
+use strata_engine::proto::v3lockpb::{LockRequest, UnlockRequest};
 use strata_server::api::pb::etcdserverpb::{
     kv_client::KvClient, lease_client::LeaseClient, maintenance_client::MaintenanceClient,
     watch_client::WatchClient,
 };
+use strata_server::api::pb::v3electionpb::election_client::ElectionClient;
+use strata_server::api::pb::v3lockpb::lock_client::LockClient;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::cluster::client_url;
@@ -41,6 +51,7 @@ use crate::scenario::Workload;
 
 /// Errors after which etcd guarantees the request changed nothing.
 const DEFINITE: &[&str] = &[
+    "election: no leader",
     "etcdserver: mvcc: required revision has been compacted",
     "etcdserver: mvcc: required revision is a future revision",
     "etcdserver: requested lease not found",
@@ -58,6 +69,18 @@ pub fn key(i: u32) -> Vec<u8> {
 /// `[KEYS_START, KEYS_END)` covers every workload key.
 pub const KEYS_START: &[u8] = b"key/";
 pub const KEYS_END: &[u8] = b"key0";
+
+/// The lock and the election the workload contends on; their keys live in
+/// `[MUTEX_START, MUTEX_END)`, which the auditor watches.
+pub const LOCK_NAME: &[u8] = b"mutex/lock";
+pub const ELECTION_NAME: &[u8] = b"mutex/election";
+pub const MUTEX_START: &[u8] = b"mutex/";
+pub const MUTEX_END: &[u8] = b"mutex0";
+
+/// A lease's key in lock or election `name`: etcd's `name/<lease in hex>`.
+fn owner_key(name: &[u8], lease: i64) -> Vec<u8> {
+    [name, format!("/{lease:x}").as_bytes()].concat()
+}
 
 fn channel(ix: NodeIx) -> Channel {
     Endpoint::from_shared(client_url(ix))
@@ -93,6 +116,8 @@ fn revision(h: &Option<strata_engine::proto::etcdserverpb::ResponseHeader>) -> i
 struct Conns {
     kv: BTreeMap<NodeIx, KvClient<Channel>>,
     lease: BTreeMap<NodeIx, LeaseClient<Channel>>,
+    lock: BTreeMap<NodeIx, LockClient<Channel>>,
+    election: BTreeMap<NodeIx, ElectionClient<Channel>>,
 }
 
 impl Conns {
@@ -100,7 +125,23 @@ impl Conns {
         Conns {
             kv: BTreeMap::new(),
             lease: BTreeMap::new(),
+            lock: BTreeMap::new(),
+            election: BTreeMap::new(),
         }
+    }
+
+    fn lock(&mut self, ix: NodeIx) -> LockClient<Channel> {
+        self.lock
+            .entry(ix)
+            .or_insert_with(|| LockClient::new(channel(ix)))
+            .clone()
+    }
+
+    fn election(&mut self, ix: NodeIx) -> ElectionClient<Channel> {
+        self.election
+            .entry(ix)
+            .or_insert_with(|| ElectionClient::new(channel(ix)))
+            .clone()
     }
 
     fn kv(&mut self, ix: NodeIx) -> KvClient<Channel> {
@@ -337,6 +378,80 @@ async fn send(conns: &mut Conns, ix: NodeIx, call: &Call) -> Result<Reply, tonic
                 revision: revision(&r.header),
             })
         }
+        Call::Lock { name, lease } => {
+            let r = conns
+                .lock(ix)
+                .lock(LockRequest {
+                    name: name.clone(),
+                    lease: *lease,
+                })
+                .await?
+                .into_inner();
+            Ok(Reply::Lock {
+                revision: revision(&r.header),
+                key: r.key,
+            })
+        }
+        Call::Unlock { key } => {
+            let r = conns
+                .lock(ix)
+                .unlock(UnlockRequest { key: key.clone() })
+                .await?
+                .into_inner();
+            Ok(Reply::Released {
+                revision: revision(&r.header),
+            })
+        }
+        Call::Campaign { name, lease, value } => {
+            let r = conns
+                .election(ix)
+                .campaign(CampaignRequest {
+                    name: name.clone(),
+                    lease: *lease,
+                    value: value.clone(),
+                })
+                .await?
+                .into_inner();
+            let leader = r.leader.unwrap_or_default();
+            Ok(Reply::Campaign {
+                revision: revision(&r.header),
+                key: leader.key,
+                rev: leader.rev,
+            })
+        }
+        Call::Leader { name } => {
+            let r = conns
+                .election(ix)
+                .leader(LeaderRequest { name: name.clone() })
+                .await?
+                .into_inner();
+            Ok(Reply::Leader {
+                revision: revision(&r.header),
+                kv: kv(r.kv.unwrap_or_default()),
+            })
+        }
+        Call::Resign {
+            name,
+            key,
+            rev,
+            lease,
+        } => {
+            let r = conns
+                .election(ix)
+                .resign(ResignRequest {
+                    leader: Some(LeaderKey {
+                        name: name.clone(),
+                        key: key.clone(),
+                        rev: *rev,
+                        lease: *lease,
+                    }),
+                })
+                .await?
+                .into_inner();
+            Ok(Reply::Released {
+                revision: revision(&r.header),
+            })
+        }
     }
 }
 
@@ -357,6 +472,10 @@ struct ClientState {
     lease: i64,
     lease_renewed: Option<tokio::time::Instant>,
     lease_abandoned: Option<tokio::time::Instant>,
+    /// Lock and election keys this client may still hold (acquired, or asked for without an
+    /// answer), released before it asks again: a key left behind would block every other
+    /// client until its lease expires, which a kept-alive lease never does.
+    held: Vec<Vec<u8>>,
 }
 
 impl ClientState {
@@ -447,6 +566,85 @@ impl ClientState {
         }
     }
 
+    /// Releases every key this client may hold, oldest last; stops at the first failure.
+    async fn release_held(&mut self) -> bool {
+        while let Some(key) = self.held.last().cloned() {
+            match self.run(Call::Unlock { key }).await {
+                Outcome::Ok(_) => {
+                    self.held.pop();
+                }
+                _ => return false,
+            }
+        }
+        true
+    }
+
+    /// `etcdctl lock`: take the lock, hold it for a think time, unlock.
+    async fn lock_and_unlock(&mut self) {
+        if self.lease == 0 || !self.release_held().await {
+            return;
+        }
+        let out = self
+            .run(Call::Lock {
+                name: LOCK_NAME.to_vec(),
+                lease: self.lease,
+            })
+            .await;
+        match out {
+            Outcome::Ok(Reply::Lock { key, .. }) => {
+                self.held.push(key);
+                self.think().await;
+                self.release_held().await;
+            }
+            Outcome::Unknown(_) => self.held.push(owner_key(LOCK_NAME, self.lease)),
+            _ => {}
+        }
+    }
+
+    /// `etcdctl elect`: campaign, read the leader, resign.
+    async fn campaign_and_resign(&mut self) {
+        if self.lease == 0 || !self.release_held().await {
+            return;
+        }
+        let value = self.value();
+        let out = self
+            .run(Call::Campaign {
+                name: ELECTION_NAME.to_vec(),
+                lease: self.lease,
+                value,
+            })
+            .await;
+        match out {
+            Outcome::Ok(Reply::Campaign { key, rev, .. }) => {
+                self.run(Call::Leader {
+                    name: ELECTION_NAME.to_vec(),
+                })
+                .await;
+                let resigned = self
+                    .run(Call::Resign {
+                        name: ELECTION_NAME.to_vec(),
+                        key: key.clone(),
+                        rev,
+                        lease: self.lease,
+                    })
+                    .await;
+                if !matches!(resigned, Outcome::Ok(_)) {
+                    self.held.push(key);
+                }
+            }
+            Outcome::Unknown(_) => self.held.push(owner_key(ELECTION_NAME, self.lease)),
+            _ => {}
+        }
+    }
+
+    async fn think(&self) {
+        let think = self.plan.workload.think.0;
+        if !think.is_zero() {
+            let jitter = madsim::rand::thread_rng().gen_range(0..=think.as_micros() as u64);
+            tokio::time::sleep(Duration::from_micros(jitter)).await;
+        }
+    }
+
     async fn one_op(&mut self) {
         let mix = &self.plan.workload.mix;
         let weights = [
@@ -458,6 +656,8 @@ impl ClientState {
             mix.multi_put,
             mix.range,
             mix.lease_put,
+            mix.lock,
+            mix.election,
         ];
         let total: u32 = weights.iter().sum();
         if total == 0 {
@@ -546,6 +746,8 @@ impl ClientState {
                 })
                 .await;
             }
+            8 => self.lock_and_unlock().await,
+            9 => self.campaign_and_resign().await,
             6 => {
                 self.run(Call::Range {
                     start: KEYS_START.to_vec(),
@@ -582,19 +784,17 @@ pub async fn client_main(plan: ClientPlan) {
         lease: 0,
         lease_renewed: None,
         lease_abandoned: None,
+        held: Vec::new(),
         plan,
     };
-    let uses_leases = st.plan.workload.mix.lease_put > 0;
+    let mix = &st.plan.workload.mix;
+    let uses_leases = mix.lease_put > 0 || mix.lock > 0 || mix.election > 0;
     while tokio::time::Instant::now() < st.plan.stop_at {
         if uses_leases {
             st.tend_lease().await;
         }
         st.one_op().await;
-        let think = st.plan.workload.think.0;
-        if !think.is_zero() {
-            let jitter = madsim::rand::thread_rng().gen_range(0..=think.as_micros() as u64);
-            tokio::time::sleep(Duration::from_micros(jitter)).await;
-        }
+        st.think().await;
     }
 }
 
@@ -614,6 +814,9 @@ fn event(e: mvccpb::Event) -> Event {
 pub struct WatcherPlan {
     pub id: u32,
     pub members: u32,
+    /// The range watched: the workload keys, or the lock and election keys (the auditor).
+    pub start: Vec<u8>,
+    pub end: Vec<u8>,
     pub prev_kv: bool,
     pub filter_deletes: bool,
     pub silence: Duration,
@@ -621,7 +824,7 @@ pub struct WatcherPlan {
     pub recorder: Recorder,
 }
 
-/// A watcher over every workload key, resumed after every break.
+/// A watcher over its range from revision 1, resumed after every break.
 pub async fn watcher_main(plan: WatcherPlan) {
     let rec = plan.recorder.clone();
     let mut member = plan.id % plan.members;
@@ -631,8 +834,8 @@ pub async fn watcher_main(plan: WatcherPlan) {
             id: rec.next_op_id(),
             client: 1000 + plan.id,
             node: member,
-            start: KEYS_START.to_vec(),
-            end: KEYS_END.to_vec(),
+            start: plan.start.clone(),
+            end: plan.end.clone(),
             start_revision: next_rev,
             prev_kv: plan.prev_kv,
             filter_puts: false,

@@ -103,6 +103,32 @@ pub enum Call {
     Compact {
         revision: i64,
     },
+    /// v3lock `Lock` of lock `name`, the owner key attached to `lease`.
+    Lock {
+        name: Key,
+        lease: i64,
+    },
+    /// v3lock `Unlock`: deletes an owner key (also how a client cleans up a key it may hold).
+    Unlock {
+        key: Key,
+    },
+    /// v3election `Campaign` for election `name`, proclaiming `value`.
+    Campaign {
+        name: Key,
+        lease: i64,
+        value: Vec<u8>,
+    },
+    /// v3election `Leader`: the current leader's key-value.
+    Leader {
+        name: Key,
+    },
+    /// v3election `Resign` of the leader key `key` (create revision `rev`).
+    Resign {
+        name: Key,
+        key: Key,
+        rev: i64,
+        lease: i64,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -146,6 +172,25 @@ pub enum Reply {
     },
     Compact {
         revision: i64,
+    },
+    /// The lock is held through `key`.
+    Lock {
+        revision: i64,
+        key: Key,
+    },
+    /// `Unlock` and `Resign` answers.
+    Released {
+        revision: i64,
+    },
+    /// Elected: the leader key and its create revision.
+    Campaign {
+        revision: i64,
+        key: Key,
+        rev: i64,
+    },
+    Leader {
+        revision: i64,
+        kv: Kv,
     },
 }
 

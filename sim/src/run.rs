@@ -180,17 +180,26 @@ async fn drive_with(s: Scenario, bug: Option<Bug>) -> (History, Vec<String>) {
             recorder: rec.clone(),
         })));
     }
-    for w in 0..s.workload.watchers {
+    let mix = &s.workload.mix;
+    let auditor = (mix.lock > 0 || mix.election > 0).then_some(s.workload.watchers);
+    for w in (0..s.workload.watchers).chain(auditor) {
         let node = handle
             .create_node()
             .name(format!("watcher{w}"))
             .ip(format!("10.0.3.{}", w + 1).parse().expect("ip"))
             .build();
+        let (start, end) = if Some(w) == auditor {
+            (client::MUTEX_START, client::MUTEX_END)
+        } else {
+            (client::KEYS_START, client::KEYS_END)
+        };
         tasks.push(node.spawn(client::watcher_main(WatcherPlan {
             id: w,
             members: addressable,
-            prev_kv: s.workload.watch_prev_kv,
-            filter_deletes: s.workload.watch_prev_kv && w % 2 == 1,
+            start: start.to_vec(),
+            end: end.to_vec(),
+            prev_kv: s.workload.watch_prev_kv || Some(w) == auditor,
+            filter_deletes: s.workload.watch_prev_kv && w % 2 == 1 && Some(w) != auditor,
             silence: s.workload.timeout.0,
             stop_at,
             recorder: rec.clone(),

@@ -454,6 +454,12 @@ pub struct Mix {
     pub range: u32,
     /// A put attached to the client's lease (granted and kept alive by the client).
     pub lease_put: u32,
+    /// `etcdctl lock`: Lock on the shared lock with the client's lease, hold it for a think
+    /// time, Unlock.
+    pub lock: u32,
+    /// `etcdctl elect`: Campaign in the shared election with the client's lease, read the
+    /// Leader, Resign.
+    pub election: u32,
 }
 
 impl Default for Mix {
@@ -467,6 +473,8 @@ impl Default for Mix {
             multi_put: 5,
             range: 5,
             lease_put: 5,
+            lock: 0,
+            election: 0,
         }
     }
 }

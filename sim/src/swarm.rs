@@ -115,8 +115,10 @@ pub fn scenario(seed: u64) -> Scenario {
         multi_put: d.range(0, 10) as u32,
         range: d.range(0, 10) as u32,
         lease_put: d.range(0, 10) as u32,
+        lock: 0,
+        election: 0,
     };
-    let workload = Workload {
+    let mut workload = Workload {
         clients: d.range(1, 6) as u32,
         keys: d.range(1, 6) as u32,
         think: Span::ms(d.range(5, 60)),
@@ -357,6 +359,11 @@ pub fn scenario(seed: u64) -> Scenario {
         }
     }
     faults.sort_by_key(|t| t.at);
+    // Drawn last, so adding them left every earlier draw of a seed as it was.
+    if d.chance(0.4) {
+        workload.mix.lock = d.range(0, 8) as u32;
+        workload.mix.election = d.range(0, 8) as u32;
+    }
     let names: Vec<String> = families
         .iter()
         .map(|f| format!("{f:?}").to_lowercase())
@@ -412,5 +419,15 @@ mod tests {
             .collect();
         assert!(kinds.len() >= 15, "{kinds:?}");
         assert!(kinds.contains("swizzle"), "{kinds:?}");
+        let contended = (0..200)
+            .filter(|s| {
+                let mix = scenario(*s).workload.mix;
+                mix.lock > 0 && mix.election > 0
+            })
+            .count();
+        assert!(
+            contended > 20,
+            "{contended} of 200 seeds use locks and elections"
+        );
     }
 }

@@ -74,7 +74,11 @@ impl Lock for LockService {
             own_create_revision(&joined, &key)?
         };
         let holder = range_kvs(&joined.responses, 1).first();
-        if holder.is_none_or(|kv| kv.create_revision == rev) {
+        let skip_wait = strata_engine::bugs::active(
+            ctx.handle.shared.config.bug,
+            strata_engine::bugs::Bug::LockSkipsWait,
+        );
+        if skip_wait || holder.is_none_or(|kv| kv.create_revision == rev) {
             return Ok(Resp::new(LockResponse {
                 header: joined.header,
                 key,

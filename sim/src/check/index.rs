@@ -9,6 +9,10 @@
 //! Anomalies found while indexing (a value no op wrote, a failed op's value, one write seen
 //! as two different kvs) are kept with the source that revealed them; each checker reports
 //! those of its own sources.
+//!
+//! Keys of lock and election queues are left out: the services write them (an empty value per
+//! lock, a campaign's value) under keys named after leases, not by the workload's unique-value
+//! puts, and the [`super::mutex`] checker judges them.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -77,6 +81,8 @@ pub(crate) struct Index {
     pub keys: BTreeSet<Key>,
     /// What indexing found wrong, by the source that revealed it.
     pub anomalies: Vec<(Source, String)>,
+    /// Prefixes of the lock and election queues, whose keys are not indexed.
+    queues: Vec<Key>,
 }
 
 impl Index {
@@ -89,6 +95,7 @@ impl Index {
             known: BTreeMap::new(),
             keys: BTreeSet::new(),
             anomalies: Vec::new(),
+            queues: super::mutex::queue_prefixes(h),
         };
         for (i, op) in h.ops.iter().enumerate() {
             ix.keys.extend(named_keys(&op.call).into_iter().cloned());
@@ -152,6 +159,9 @@ impl Index {
     }
 
     fn observe(&mut self, h: &History, kv: &Kv, source: Source) {
+        if self.queues.iter().any(|q| kv.key.starts_with(q)) {
+            return;
+        }
         self.keys.insert(kv.key.clone());
         let vk = (kv.key.clone(), kv.value.clone());
         let Some(&w) = self.writer.get(&vk) else {

@@ -8,6 +8,7 @@
 //! | [`durability`] | acknowledged writes survive; members converge to one state |
 //! | [`raft`] | election safety, state machine safety, monotonic commit and term |
 //! | [`liveness`] | after the faults heal, a leader appears and writes succeed |
+//! | [`mutex`] | a lock's holder and an election's leader are the oldest key in their queue |
 //!
 //! Every checker is sound before it is complete: an ambiguous record (an `Unknown` outcome, a
 //! gap in what was observed) is read as "may have happened", so a violation is always a bug in
@@ -26,6 +27,7 @@ mod index;
 pub mod lease;
 pub mod linearizability;
 pub mod liveness;
+pub mod mutex;
 pub mod raft;
 pub mod watch;
 
@@ -43,6 +45,7 @@ pub fn check_all_with_notes(h: &History) -> (Vec<Violation>, Vec<String>) {
     out.extend(durability::check(h));
     out.extend(raft::check(h));
     out.extend(liveness::check(h));
+    out.extend(mutex::check(h));
     (out, stats.notes)
 }
 
@@ -135,6 +138,13 @@ pub(crate) fn name(op: &Op) -> String {
         Call::LeaseRevoke { id } => format!("lease-revoke {id}"),
         Call::LeaseKeepAlive { id } => format!("keep-alive {id}"),
         Call::Compact { revision } => format!("compact {revision}"),
+        Call::Lock { name, .. } => format!("lock {}", show(name)),
+        Call::Unlock { key } => format!("unlock {}", show(key)),
+        Call::Campaign { name, value, .. } => {
+            format!("campaign {} with {}", show(name), show(value))
+        }
+        Call::Leader { name } => format!("leader {}", show(name)),
+        Call::Resign { key, .. } => format!("resign {}", show(key)),
     };
     format!("op {} (c{}@n{} {what})", op.id, op.client, op.node)
 }
@@ -173,8 +183,18 @@ pub(crate) fn summary(op: &Op) -> String {
         Reply::LeaseGrant { ttl_secs, .. } | Reply::LeaseKeepAlive { ttl_secs } => {
             format!("→ ttl {ttl_secs}")
         }
-        Reply::LeaseRevoke { revision } | Reply::Compact { revision } => {
-            format!("→ rev {revision}")
+        Reply::LeaseRevoke { revision }
+        | Reply::Compact { revision }
+        | Reply::Released { revision } => format!("→ rev {revision}"),
+        Reply::Lock { revision, key } => format!("→ rev {revision} holds {}", show(key)),
+        Reply::Campaign { revision, key, rev } => {
+            format!(
+                "→ rev {revision} leads with {} (created at {rev})",
+                show(key)
+            )
+        }
+        Reply::Leader { revision, kv } => {
+            format!("→ rev {revision} leader {}={}", show(&kv.key), show_kv(kv))
         }
     }
 }
