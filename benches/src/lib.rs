@@ -26,17 +26,7 @@ pub fn put(i: u64) -> PutRequest {
     }
 }
 
-/// The key just after every key starting with `prefix` (etcd's `clientv3.GetPrefixRangeEnd`).
-pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    vec![0] // every byte was 0xff: to the end of the keyspace
-}
+pub use strata_engine::request::prefix_end;
 
 /// A prefix that `key(0..keys)` share with one `keys / 100` of them (keys a power of ten ≥ 100).
 pub fn one_percent_prefix(keys: u64) -> Vec<u8> {

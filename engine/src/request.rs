@@ -9,6 +9,20 @@
 use crate::proto::etcdserverpb::*;
 use crate::proto::strata::internal::InternalAuthenticateRequest;
 
+/// The end of the range of keys starting with `prefix` (etcd's `clientv3.GetPrefixRangeEnd`):
+/// `prefix` with its last byte below 0xff incremented and what follows dropped; `"\0"` (to
+/// the end of the keyspace) when every byte is 0xff.
+pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub enum Request {
     Range(RangeRequest),

@@ -64,7 +64,7 @@ use strata_engine::proto::authpb::{permission, Permission, UserAddOptions};
 use strata_engine::proto::etcdserverpb::{self as pb, compare, range_request, request_op};
 use strata_engine::proto::mvccpb::{event::EventType, KeyValue};
 use strata_engine::proto::strata::internal::InternalAuthenticateRequest;
-use strata_engine::request::{Request, Response};
+use strata_engine::request::{prefix_end, Request, Response};
 use strata_engine::testkit::Cluster;
 use strata_engine::{EtcdError, NodeId, RequestId, StreamId};
 
@@ -134,17 +134,6 @@ fn show(bytes: &[u8]) -> String {
         return format!("<{} bytes>", bytes.len());
     }
     String::from_utf8_lossy(bytes).replace('\0', "\\0")
-}
-
-fn prefix_end(key: &[u8]) -> Vec<u8> {
-    let mut end = key.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    vec![0]
 }
 
 fn range_end(key: &[u8], end: Option<&String>, cmd: &Cmd) -> Vec<u8> {

@@ -7,16 +7,8 @@
 
 mod common;
 
-use common::Cluster;
+use common::{runtime, Cluster};
 use etcd_client::{Client, Error, GetOptions, WatchOptions};
-
-fn runtime() -> tokio_real::runtime::Runtime {
-    tokio_real::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
 
 /// The gRPC code's name and the message of a refused call.
 fn status(e: Error) -> (String, String) {

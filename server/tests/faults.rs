@@ -6,16 +6,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::Cluster;
+use common::{runtime, Cluster};
 use etcd_client::{Client, Compare, CompareOp, EventType, GetOptions, Txn, TxnOp, WatchOptions};
-
-fn runtime() -> tokio_real::runtime::Runtime {
-    tokio_real::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
 
 async fn connect(c: &Cluster) -> Client {
     Client::connect(c.client_urls(), None)

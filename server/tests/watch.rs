@@ -7,7 +7,7 @@ mod common;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::Cluster;
+use common::{runtime, Cluster};
 use etcd_client::{Client, EventType, PutOptions, Txn, TxnOp, WatchOptions};
 use prost::Message as _;
 use strata_engine::proto::etcdserverpb::{
@@ -15,14 +15,6 @@ use strata_engine::proto::etcdserverpb::{
 };
 use strata_server::api::pb::etcdserverpb::watch_client::WatchClient;
 use tokio_real::sync::mpsc;
-
-fn runtime() -> tokio_real::runtime::Runtime {
-    tokio_real::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
 
 /// One value from a member's `/metrics`.
 fn metric(url: &str, name: &str) -> u64 {

@@ -159,18 +159,7 @@ pub(super) fn owner_key(prefix: &[u8], lease: i64) -> Vec<u8> {
     [prefix, hex.as_bytes()].concat()
 }
 
-/// The end of the range of keys starting with `prefix` (etcd's `GetPrefixRangeEnd`).
-pub(super) fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    // Every byte is 0xff: the range runs to the end of the keyspace.
-    vec![0]
-}
+pub(super) use strata_engine::request::prefix_end;
 
 /// `create_revision(key) == rev`: the key exists with this create revision (0: it is absent).
 pub(super) fn created_at(key: &[u8], rev: i64) -> Compare {

@@ -9,6 +9,15 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+/// A tokio runtime for tests that drive the cluster with the `etcd-client` crate.
+pub fn runtime() -> tokio_real::runtime::Runtime {
+    tokio_real::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
 pub struct Member {
     pub name: String,
     pub client_port: u16,

@@ -316,7 +316,8 @@ fn covers(w: &Watch, prefix: &[u8], end: &[u8]) -> bool {
     w.start.as_slice() <= prefix && reaches && !w.filter_puts && !w.filter_deletes
 }
 
-/// The end of the range of keys starting with `prefix` (etcd's `GetPrefixRangeEnd`).
+/// The end of the range of keys starting with `prefix` (etcd's `GetPrefixRangeEnd`). The
+/// checkers build without any of Strata's crates, so they keep their own.
 fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     let mut end = prefix.to_vec();
     while let Some(last) = end.pop() {
