@@ -2,6 +2,9 @@
 //!
 //! - `same_seed_same_trace`: two runs of one seed give one trace hash; another seed gives
 //!   another.
+//! - `a_seed_does_not_depend_on_earlier_runs`: a swarm seed run after another in the same
+//!   process gives the trace it gives alone (swarm seed 1121 once failed only after 120
+//!   others: the standard library's per-thread `HashMap` keys carried from run to run).
 //! - `smoke_under_madsim_check`: the smoke scenario as a `#[madsim::test]`; CI runs it with
 //!   `MADSIM_TEST_CHECK_DETERMINISM=1`, which makes madsim run it twice and compare every
 //!   random draw and timer.
@@ -26,6 +29,22 @@ fn same_seed_same_trace() {
     assert!(a.ops > 100, "the run did work: {} ops", a.ops);
     assert_eq!(a.trace_hash, b.trace_hash, "seed 7 twice");
     assert_ne!(a.trace_hash, c.trace_hash, "seeds 7 and 8");
+}
+
+#[test]
+fn a_seed_does_not_depend_on_earlier_runs() {
+    use strata_sim::swarm;
+    let after_another = {
+        run(&swarm::scenario(1011), 1011);
+        run(&swarm::scenario(1012), 1012)
+    };
+    let alone = std::thread::spawn(|| run(&swarm::scenario(1012), 1012))
+        .join()
+        .expect("the run's thread");
+    assert_eq!(
+        after_another.trace_hash, alone.trace_hash,
+        "swarm seed 1012 after 1011 and alone"
+    );
 }
 
 #[madsim::test]
