@@ -38,10 +38,14 @@ pub enum Bug {
     /// v3lock's `Lock` answers as soon as the caller's key is in the queue, without waiting
     /// for the keys created before it to be deleted.
     LockSkipsWait,
+    /// A new leader renews leases before it has applied an entry of its own term, so a revoke
+    /// the previous leader left in the log can land after the renewal (Strata's own bug,
+    /// swarm seed 1121).
+    RenewBeforeOwnTerm,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 13] = [
+    pub const ALL: [Bug; 14] = [
         Bug::SkipFsync,
         Bug::VoteNotPersisted,
         Bug::SerializableAsLinearizable,
@@ -55,6 +59,7 @@ impl Bug {
         Bug::SnapshotWithoutLeases,
         Bug::ExpiredKeepAliveAnswered,
         Bug::LockSkipsWait,
+        Bug::RenewBeforeOwnTerm,
     ];
 
     /// The kebab-case name the simulator's `--bug` takes.
@@ -73,6 +78,7 @@ impl Bug {
             Bug::SnapshotWithoutLeases => "snapshot-without-leases",
             Bug::ExpiredKeepAliveAnswered => "expired-keepalive-answered",
             Bug::LockSkipsWait => "lock-skips-wait",
+            Bug::RenewBeforeOwnTerm => "renew-before-own-term",
         }
     }
 

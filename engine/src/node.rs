@@ -334,15 +334,26 @@ struct WaitingRead {
     deadline: u64,
 }
 
-/// A keep-alive of a lease whose expiry passed on this leader: answered once the lease's revoke
-/// applies (TTL 0), or with `NotLeader` once this node stops leading (the server then retries
-/// on the new leader), or with a timeout at the deadline. etcd's lessor waits the same way
-/// (`revokec`, `demotec`); answering TTL 0 at once would tell a client its lease is gone while a
-/// newer leader, which this one does not know about yet, keeps it alive.
+/// A keep-alive this leader cannot answer yet. Two cases wait:
+/// - the lease's expiry passed here: it is answered once the lease's revoke applies (TTL 0).
+///   etcd's lessor waits the same way (`revokec`, `demotec`); answering TTL 0 at once would
+///   tell a client its lease is gone while a newer leader, which this one does not know about
+///   yet, keeps it alive;
+/// - this leader has not applied an entry of its own term: its log may still hold a revoke
+///   proposed by an earlier leader (or a grant it has not applied), which lands when the
+///   term's first entry commits. Renewing before would promise a TTL the revoke then breaks
+///   (swarm seed 1121; etcd #15247 is the same class: an old leader's revoke applied after a
+///   new leader renewed).
+///
+/// Either way it is answered with `NotLeader` once this node stops leading or leads in a new
+/// term (the server then sends it again, to the new leader), and with a timeout at the
+/// deadline.
 #[derive(Debug)]
-struct ExpiredKeepAlive {
+struct ParkedKeepAlive {
     id: RequestId,
     lease: LeaseId,
+    /// The term this node led in when the request arrived.
+    term: u64,
     deadline: u64,
 }
 
@@ -391,7 +402,7 @@ pub struct Node<B: KvBackend> {
     ready_reads: VecDeque<(LogIndex, Vec<WaitingRead>)>,
     /// Requests and watches waiting for their token's `Authenticate` entry to be applied.
     awaiting_token: Vec<AwaitingToken>,
-    expired_keep_alives: Vec<ExpiredKeepAlive>,
+    parked_keep_alives: Vec<ParkedKeepAlive>,
     /// Messages held until the Ready with that number is persisted.
     held_messages: VecDeque<(u64, Vec<Message>)>,
     /// A snapshot whose persistence will let raft count it applied.
@@ -481,7 +492,7 @@ impl<B: KvBackend> Node<B> {
             inflight_reads: BTreeMap::new(),
             ready_reads: VecDeque::new(),
             awaiting_token: Vec::new(),
-            expired_keep_alives: Vec::new(),
+            parked_keep_alives: Vec::new(),
             held_messages: VecDeque::new(),
             snapshot_applied_on_persist: None,
             last_compaction: compacted.0,
@@ -856,7 +867,7 @@ impl<B: KvBackend> Node<B> {
         if self.is_leader() {
             self.expire_leases();
         }
-        self.settle_expired_keep_alives();
+        self.settle_parked_keep_alives();
         if self
             .ticks
             .is_multiple_of((1000 / self.config.tick_ms).max(1))
@@ -1011,7 +1022,7 @@ impl<B: KvBackend> Node<B> {
         }
         self.sm.commit()?;
         self.raw.advance_apply_to(last);
-        self.settle_expired_keep_alives();
+        self.settle_parked_keep_alives();
         if !events.is_empty() {
             self.inject_watch_bugs(&mut events);
             let outs = self.watch.notify(&events);
@@ -1765,30 +1776,43 @@ impl<B: KvBackend> Node<B> {
     // ---- leases -------------------------------------------------------------------------
 
     fn keep_alive(&mut self, id: RequestId, lease: LeaseId) -> Result<(), Error> {
-        if !self.is_leader() {
-            return Err(EtcdError::NotLeader.into());
+        self.try_keep_alive(ParkedKeepAlive {
+            id,
+            lease,
+            term: self.raw.raft.term,
+            deadline: self.ticks + self.config.request_timeout_ticks,
+        });
+        Ok(())
+    }
+
+    /// Has this node applied an entry of its current term? Before that a leader's state
+    /// machine may lag entries of earlier terms that are committed, or about to be.
+    fn applied_in_current_term(&self) -> bool {
+        let applied = self.sm.applied().0 .0;
+        self.raw.raft.raft_log.term(applied) == Ok(self.raw.raft.term)
+    }
+
+    /// Answers `k` if its lease's fate is known on this leader, or parks it.
+    fn try_keep_alive(&mut self, k: ParkedKeepAlive) {
+        if !self.is_leader() || k.term != self.raw.raft.term {
+            self.respond(k.id, Err(EtcdError::NotLeader));
+            return;
         }
+        if !self.applied_in_current_term()
+            && !bugs::active(self.config.bug, Bug::RenewBeforeOwnTerm)
+        {
+            return self.park_keep_alive(k);
+        }
+        let (id, lease) = (k.id, k.lease);
         match self.sm.lessor.renew(lease, self.now_ms) {
-            Err(RenewRefused::NotPrimary) => Err(EtcdError::NotLeader.into()),
-            Err(RenewRefused::NotFound) => {
-                self.respond_lease_gone(id, lease);
-                Ok(())
-            }
+            Err(RenewRefused::NotPrimary) => self.respond(id, Err(EtcdError::NotLeader)),
+            Err(RenewRefused::NotFound) => self.respond_lease_gone(id, lease),
             Err(RenewRefused::Expired)
                 if bugs::active(self.config.bug, Bug::ExpiredKeepAliveAnswered) =>
             {
-                self.respond_lease_gone(id, lease);
-                Ok(())
+                self.respond_lease_gone(id, lease)
             }
-            Err(RenewRefused::Expired) => {
-                let deadline = self.ticks + self.config.request_timeout_ticks;
-                self.expired_keep_alives.push(ExpiredKeepAlive {
-                    id,
-                    lease,
-                    deadline,
-                });
-                Ok(())
-            }
+            Err(RenewRefused::Expired) => self.park_keep_alive(k),
             Ok(renewal) if renewal.needs_checkpoint_reset => {
                 // A checkpointed remaining TTL would let a new leader expire the lease before the
                 // TTL just promised: replicate the reset before answering (etcd #13294).
@@ -1802,12 +1826,10 @@ impl<B: KvBackend> Node<B> {
                     lease,
                     ttl: renewal.ttl_secs,
                 };
-                self.propose(
-                    id,
-                    internal_request::Request::LeaseCheckpoint(cps),
-                    kind,
-                    None,
-                )
+                let request = internal_request::Request::LeaseCheckpoint(cps);
+                if let Err(Error::Etcd(e)) = self.propose(id, request, kind, None) {
+                    self.respond(id, Err(e));
+                }
             }
             Ok(renewal) => {
                 let resp = pb::LeaseKeepAliveResponse {
@@ -1816,8 +1838,15 @@ impl<B: KvBackend> Node<B> {
                     ttl: renewal.ttl_secs,
                 };
                 self.respond(id, Ok(Response::LeaseKeepAlive(resp)));
-                Ok(())
             }
+        }
+    }
+
+    fn park_keep_alive(&mut self, k: ParkedKeepAlive) {
+        if k.deadline <= self.ticks {
+            self.respond(k.id, Err(EtcdError::Timeout));
+        } else {
+            self.parked_keep_alives.push(k);
         }
     }
 
@@ -1831,23 +1860,10 @@ impl<B: KvBackend> Node<B> {
         self.respond(id, Ok(Response::LeaseKeepAlive(resp)));
     }
 
-    /// Answers the parked keep-alives of expired leases whose fate is now known.
-    fn settle_expired_keep_alives(&mut self) {
-        if self.expired_keep_alives.is_empty() {
-            return;
-        }
-        let leading = self.is_leader();
-        let now = self.ticks;
-        for k in std::mem::take(&mut self.expired_keep_alives) {
-            if !self.sm.lessor.contains(k.lease) {
-                self.respond_lease_gone(k.id, k.lease);
-            } else if !leading {
-                self.respond(k.id, Err(EtcdError::NotLeader));
-            } else if k.deadline <= now {
-                self.respond(k.id, Err(EtcdError::Timeout));
-            } else {
-                self.expired_keep_alives.push(k);
-            }
+    /// Tries the parked keep-alives again: each is answered or parked anew.
+    fn settle_parked_keep_alives(&mut self) {
+        for k in std::mem::take(&mut self.parked_keep_alives) {
+            self.try_keep_alive(k);
         }
     }
 
