@@ -112,6 +112,14 @@ fn revision(h: &Option<strata_engine::proto::etcdserverpb::ResponseHeader>) -> i
     h.as_ref().map(|h| h.revision).unwrap_or(0)
 }
 
+/// The client of member `ix` from `clients`, connected on first use.
+fn cached<C: Clone>(clients: &mut BTreeMap<NodeIx, C>, ix: NodeIx, connect: fn(Channel) -> C) -> C {
+    clients
+        .entry(ix)
+        .or_insert_with(|| connect(channel(ix)))
+        .clone()
+}
+
 /// Connections to every member, by index.
 struct Conns {
     kv: BTreeMap<NodeIx, KvClient<Channel>>,
@@ -131,31 +139,19 @@ impl Conns {
     }
 
     fn lock(&mut self, ix: NodeIx) -> LockClient<Channel> {
-        self.lock
-            .entry(ix)
-            .or_insert_with(|| LockClient::new(channel(ix)))
-            .clone()
+        cached(&mut self.lock, ix, LockClient::new)
     }
 
     fn election(&mut self, ix: NodeIx) -> ElectionClient<Channel> {
-        self.election
-            .entry(ix)
-            .or_insert_with(|| ElectionClient::new(channel(ix)))
-            .clone()
+        cached(&mut self.election, ix, ElectionClient::new)
     }
 
     fn kv(&mut self, ix: NodeIx) -> KvClient<Channel> {
-        self.kv
-            .entry(ix)
-            .or_insert_with(|| KvClient::new(channel(ix)))
-            .clone()
+        cached(&mut self.kv, ix, KvClient::new)
     }
 
     fn lease(&mut self, ix: NodeIx) -> LeaseClient<Channel> {
-        self.lease
-            .entry(ix)
-            .or_insert_with(|| LeaseClient::new(channel(ix)))
-            .clone()
+        cached(&mut self.lease, ix, LeaseClient::new)
     }
 }
 

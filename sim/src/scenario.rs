@@ -344,6 +344,24 @@ impl Fault {
     }
 }
 
+/// `fault` for each of `nodes` in turn, the first at `start`, then one every `every`.
+fn staggered(
+    start: Span,
+    every: Span,
+    nodes: &[u32],
+    fault: fn(Target) -> Fault,
+) -> Vec<(Span, Fault)> {
+    let mut at = start;
+    let mut steps = Vec::with_capacity(nodes.len());
+    for (i, &n) in nodes.iter().enumerate() {
+        if i > 0 {
+            at = at + every;
+        }
+        steps.push((at, fault(Target::Index(n))));
+    }
+    steps
+}
+
 impl Fault {
     /// How long the fault takes from its start to its last step (zero but for a swizzle).
     pub fn length(&self) -> Span {
@@ -367,31 +385,13 @@ impl Fault {
         } else {
             reconnect.clone()
         };
-        let mut steps = Vec::new();
-        let mut t = Span::default();
-        for (i, &n) in nodes.iter().enumerate() {
-            if i > 0 {
-                t = t + *every;
-            }
-            steps.push((
-                t,
-                Fault::Isolate {
-                    node: Target::Index(n),
-                },
-            ));
-        }
-        t = t + *hold;
-        for (i, &n) in order.iter().enumerate() {
-            if i > 0 {
-                t = t + *every;
-            }
-            steps.push((
-                t,
-                Fault::Reconnect {
-                    node: Target::Index(n),
-                },
-            ));
-        }
+        let mut steps = staggered(Span::default(), *every, nodes, |node| Fault::Isolate {
+            node,
+        });
+        let reconnect_at = steps.last().map(|s| s.0).unwrap_or_default() + *hold;
+        steps.extend(staggered(reconnect_at, *every, &order, |node| {
+            Fault::Reconnect { node }
+        }));
         steps
     }
 }
