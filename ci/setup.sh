@@ -6,6 +6,7 @@
 #   libclang-dev clang     bindgen for librocksdb-sys
 #   etcd-client            etcdctl, the real client the integration tests drive
 #   curl                   the HTTP/JSON gateway tests and ci/run-local.sh
+#   openssl                ci/certs.sh (certificates for ci/run-local.sh --tls, ci/bench.sh --tls)
 #   etcd-server            etcd 3.4, the baseline ci/bench.sh measures Strata against (tests
 #                          do not need it); its packaged service is stopped, not left on 2379
 # and, in a venv at ~/.cache/strata/venv, the Python etcd3 client server/tests/python_etcd3.rs
@@ -19,6 +20,7 @@ ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || need+=(libclang-dev)
 command -v clang >/dev/null 2>&1 || need+=(clang)
 command -v etcdctl >/dev/null 2>&1 || need+=(etcd-client)
 command -v curl >/dev/null 2>&1 || need+=(curl)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
 
 if [ ${#need[@]} -gt 0 ]; then

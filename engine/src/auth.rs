@@ -83,6 +83,26 @@ pub struct AuthInfo {
     pub revision: u64,
 }
 
+/// How a client proved who it is (the sources of etcd's `AuthInfoFromCtx`). The engine
+/// resolves a simple token itself (it minted it); anything else the server has verified
+/// before the request reaches the engine.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Credential {
+    /// A simple token (the gRPC `token` metadata), minted by an applied `Authenticate` entry.
+    SimpleToken(String),
+    /// A user the server authenticated: the signed claims of a verified JWT (`revision` as
+    /// signed, so a token older than an auth change is refused as etcd refuses it), or, with
+    /// `--client-cert-auth`, a verified client certificate's CN (`revision: None`, the store's
+    /// current one, as etcd's `AuthInfoFromTLS`).
+    User {
+        username: String,
+        revision: Option<u64>,
+    },
+    /// A token the server could not verify (bad signature, expired, another algorithm):
+    /// `invalid auth token` while auth is enabled, ignored otherwise, like any token.
+    Rejected,
+}
+
 /// What the server needs to check a password before proposing `Request::Authenticate`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PasswordCheck {
@@ -452,7 +472,9 @@ impl AuthStore {
         self.tokens.clear();
     }
 
-    /// Applies an `Authenticate` entry at `index`: registers and returns the token.
+    /// Applies an `Authenticate` entry at `index`: registers and returns the token. An entry
+    /// with no `simple_token` registers none and answers an empty token: the server mints a
+    /// signed token itself (`--auth-token jwt`) once the login has committed.
     pub fn authenticate(
         &mut self,
         r: &InternalAuthenticateRequest,
@@ -470,6 +492,9 @@ impl AuthStore {
         // server learns it from this answer and checks again.
         if r.auth_revision < self.revision {
             return Err(EtcdError::AuthOldRevision);
+        }
+        if r.simple_token.is_empty() {
+            return Ok(String::new());
         }
         let token = format!("{}.{}", r.simple_token, index.0);
         let fresh = Token {

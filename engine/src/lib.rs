@@ -26,7 +26,7 @@ pub mod testkit;
 pub mod types;
 pub mod watch;
 
-pub use auth::{AuthInfo, PasswordCheck};
+pub use auth::{AuthInfo, Credential, PasswordCheck};
 pub use backend::{BackendError, Bucket, KvBackend, MemBackend, WriteBatch};
 pub use error::{EtcdError, GrpcCode};
 pub use limits::Limits;

@@ -26,8 +26,10 @@
 //! draw from its own seeded PRNG after each change of term or role, so the same seed and
 //! inputs give the same outputs.
 //!
-//! Auth (etcd's, see `auth.rs`): requests carry the client's token, if any (the gRPC `token`
-//! metadata). While auth is enabled the node resolves it to a user when the request arrives: a
+//! Auth (etcd's, see `auth.rs`): requests carry the client's [`Credential`], if any: a user the
+//! server verified itself (a JWT's claims, a client certificate's CN), or a simple token (the
+//! gRPC `token` metadata). While auth is enabled the node resolves a token when the request
+//! arrives: a
 //! malformed, unknown or expired token is `invalid auth token`; a token minted by an
 //! `Authenticate` entry this member has not applied yet makes the request wait until it has
 //! (etcd's simple-token index wait), or answers `invalid auth token` at the request deadline.
@@ -47,7 +49,7 @@ use raft::eraftpb::{
 };
 use raft::{RawNode, ReadOnlyOption, StateRole, Storage};
 
-use crate::auth::{AuthInfo, AuthStore, PasswordCheck, DEFAULT_TOKEN_TTL_SECS};
+use crate::auth::{AuthInfo, AuthStore, Credential, PasswordCheck, DEFAULT_TOKEN_TTL_SECS};
 use crate::backend::{BackendError, Bucket, KvBackend};
 use crate::bugs::{self, Bug};
 use crate::error::{Error, EtcdError};
@@ -199,19 +201,18 @@ pub enum Input {
     Persisted {
         number: u64,
     },
-    /// A client request submitted to this node, with the client's auth token (the gRPC
-    /// `token` metadata; an optional `Bearer ` prefix is ignored). Ignored while auth is
-    /// disabled.
+    /// A client request submitted to this node, with the client's credential (a simple
+    /// token's optional `Bearer ` prefix is ignored). Ignored while auth is disabled.
     Request {
         id: RequestId,
         request: Request,
-        token: Option<String>,
+        credential: Option<Credential>,
     },
-    /// `token`: the watch stream's auth token, as for `Request`.
+    /// `credential`: the watch stream's, as for `Request`.
     WatchCreate {
         stream: StreamId,
         request: pb::WatchCreateRequest,
-        token: Option<String>,
+        credential: Option<Credential>,
     },
     WatchCancel {
         stream: StreamId,
@@ -664,12 +665,16 @@ impl<B: KvBackend> Node<B> {
             Input::Tick => self.on_tick(),
             Input::Message(m) => self.on_message(*m),
             Input::Persisted { number } => self.on_persisted(number),
-            Input::Request { id, request, token } => self.on_request(id, request, token)?,
+            Input::Request {
+                id,
+                request,
+                credential,
+            } => self.on_request(id, request, credential)?,
             Input::WatchCreate {
                 stream,
                 request,
-                token,
-            } => self.on_watch_create(stream, request, token),
+                credential,
+            } => self.on_watch_create(stream, request, credential),
             Input::WatchCancel { stream, watch_id } => {
                 if let Some(out) = self.watch.cancel(stream, watch_id) {
                     self.emit_watch(vec![out]);
@@ -724,15 +729,15 @@ impl<B: KvBackend> Node<B> {
         &mut self,
         stream: StreamId,
         request: pb::WatchCreateRequest,
-        token: Option<String>,
+        credential: Option<Credential>,
     ) {
         if request.start_revision >= 0 {
-            let refused = match self.sender(token.as_deref()) {
+            let refused = match self.sender(credential.as_ref()) {
                 Ok(Sender::Await(index)) => {
                     let input = Input::WatchCreate {
                         stream,
                         request,
-                        token,
+                        credential,
                     };
                     self.await_token(index, input);
                     return;
@@ -761,11 +766,19 @@ impl<B: KvBackend> Node<B> {
         self.emit_watch(vec![out]);
     }
 
-    /// etcd's `AuthInfoFromCtx`: who sent a request, from its token.
-    fn sender(&mut self, token: Option<&str>) -> Result<Sender, EtcdError> {
-        let token = match token {
-            Some(t) if self.sm.auth.is_enabled() => t.strip_prefix("Bearer ").unwrap_or(t),
-            _ => return Ok(Sender::Known(None)),
+    /// etcd's `AuthInfoFromCtx`: who sent a request, from its credential.
+    fn sender(&mut self, credential: Option<&Credential>) -> Result<Sender, EtcdError> {
+        let token = match credential {
+            Some(_) if !self.sm.auth.is_enabled() => return Ok(Sender::Known(None)),
+            None => return Ok(Sender::Known(None)),
+            Some(Credential::User { username, revision }) => {
+                return Ok(Sender::Known(Some(AuthInfo {
+                    username: username.clone(),
+                    revision: revision.unwrap_or(self.sm.auth.revision()),
+                })));
+            }
+            Some(Credential::Rejected) => return Err(EtcdError::InvalidAuthToken),
+            Some(Credential::SimpleToken(t)) => t.strip_prefix("Bearer ").unwrap_or(t),
         };
         let index = AuthStore::token_index(token).ok_or(EtcdError::InvalidAuthToken)?;
         if index > self.sm.applied().0 {
@@ -1170,7 +1183,7 @@ impl<B: KvBackend> Node<B> {
         &mut self,
         id: RequestId,
         request: Request,
-        token: Option<String>,
+        credential: Option<Credential>,
     ) -> Result<(), Fatal> {
         let size = request_size(&request);
         if size > self.config.limits.max_request_bytes {
@@ -1180,12 +1193,16 @@ impl<B: KvBackend> Node<B> {
         // etcd resolves no token for Authenticate: the client is logging in.
         let sender = match &request {
             Request::Authenticate(_) => Ok(Sender::Known(None)),
-            _ => self.sender(token.as_deref()),
+            _ => self.sender(credential.as_ref()),
         };
         let sender = match sender {
             Ok(Sender::Known(ai)) => ai,
             Ok(Sender::Await(index)) => {
-                let input = Input::Request { id, request, token };
+                let input = Input::Request {
+                    id,
+                    request,
+                    credential,
+                };
                 self.await_token(index, input);
                 return Ok(());
             }

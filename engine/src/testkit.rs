@@ -11,6 +11,7 @@ use std::fmt::Write as _;
 
 use raft::eraftpb::Message;
 
+use crate::auth::Credential;
 use crate::backend::MemBackend;
 use crate::error::EtcdError;
 use crate::node::{bootstrap_log, Config, Input, Node, Output, PersistTask, PersistedLog};
@@ -364,12 +365,22 @@ impl Cluster {
 
     /// Submits a request carrying an auth token.
     pub fn submit_as(&mut self, id: NodeId, request: Request, token: Option<String>) -> RequestId {
+        self.submit_with(id, request, token.map(Credential::SimpleToken))
+    }
+
+    /// Submits a request carrying a credential (a token, or a user the server verified).
+    pub fn submit_with(
+        &mut self,
+        id: NodeId,
+        request: Request,
+        credential: Option<Credential>,
+    ) -> RequestId {
         let rid = RequestId(self.next_request);
         self.next_request += 1;
         let input = Input::Request {
             id: rid,
             request,
-            token,
+            credential,
         };
         self.step(id, input);
         rid
@@ -386,7 +397,7 @@ impl Cluster {
             inputs.push(Input::Request {
                 id: rid,
                 request,
-                token: None,
+                credential: None,
             });
         }
         self.step_batch(id, inputs);
@@ -428,7 +439,17 @@ impl Cluster {
         request: Request,
         token: Option<String>,
     ) -> Result<Response, EtcdError> {
-        let rid = self.submit_as(id, request, token);
+        self.call_with(id, request, token.map(Credential::SimpleToken))
+    }
+
+    /// `call` with a credential.
+    pub fn call_with(
+        &mut self,
+        id: NodeId,
+        request: Request,
+        credential: Option<Credential>,
+    ) -> Result<Response, EtcdError> {
+        let rid = self.submit_with(id, request, credential);
         for _ in 0..200 {
             self.stabilize();
             if let Some(a) = self.answer(rid) {
@@ -459,7 +480,7 @@ impl Cluster {
         let input = Input::WatchCreate {
             stream,
             request,
-            token,
+            credential: token.map(Credential::SimpleToken),
         };
         self.step(id, input);
     }

@@ -66,7 +66,7 @@ use strata_engine::proto::mvccpb::{event::EventType, KeyValue};
 use strata_engine::proto::strata::internal::InternalAuthenticateRequest;
 use strata_engine::request::{prefix_end, Request, Response};
 use strata_engine::testkit::Cluster;
-use strata_engine::{EtcdError, NodeId, RequestId, StreamId};
+use strata_engine::{Credential, EtcdError, NodeId, RequestId, StreamId};
 
 struct Runner {
     cluster: Option<Cluster>,
@@ -817,6 +817,29 @@ impl Runner {
         }
     }
 
+    /// The credential a command carries: `cert=<user>` (a user the server verified, as a
+    /// client certificate's CN names one), `signed=<user>@<auth revision>` (a verified JWT's
+    /// claims), `cred=rejected` (a token the server could not verify), or a token.
+    fn credential(&self, cmd: &Cmd) -> Option<Credential> {
+        if let Some(user) = cmd.kv.get("cert") {
+            return Some(Credential::User {
+                username: user.clone(),
+                revision: None,
+            });
+        }
+        if let Some(claims) = cmd.kv.get("signed") {
+            let (user, rev) = claims.split_once('@').expect("signed=<user>@<revision>");
+            return Some(Credential::User {
+                username: user.to_string(),
+                revision: Some(rev.parse().expect("revision")),
+            });
+        }
+        if cmd.kv.get("cred").is_some_and(|c| c == "rejected") {
+            return Some(Credential::Rejected);
+        }
+        self.token(cmd).map(Credential::SimpleToken)
+    }
+
     /// The token `as=<user>` or `token=<text>` names, if any.
     fn token(&self, cmd: &Cmd) -> Option<String> {
         if let Some(user) = cmd.kv.get("as") {
@@ -863,8 +886,8 @@ impl Runner {
     fn client_call(&mut self, cmd: &Cmd) -> String {
         let n = cmd.node(0);
         let request = self.request(cmd);
-        let token = self.token(cmd);
-        let result = self.c().call_as(n, request, token);
+        let credential = self.credential(cmd);
+        let result = self.c().call_with(n, request, credential);
         if let Ok(Response::MemberAdd(r)) = &result {
             self.last_member = r.member.as_ref().map_or(0, |m| m.id);
         }

@@ -167,6 +167,85 @@ pub struct MemberFlags {
     /// Accepted for compatibility; `/debug/pprof` is not served.
     #[arg(long, env = "ETCD_ENABLE_PPROF", default_value_t = false, action = clap::ArgAction::Set)]
     pub enable_pprof: bool,
+    #[command(flatten)]
+    pub tls: TlsFlags,
+}
+
+/// etcd's security flags (`embed.Config` ClientTLSInfo / PeerTLSInfo), same names, defaults
+/// and `ETCD_*` variables. Booleans take Go's forms: `--client-cert-auth`,
+/// `--client-cert-auth=true|false`.
+#[derive(Debug, Args, Clone, Default)]
+pub struct TlsFlags {
+    /// Path to the client server TLS cert file.
+    #[arg(long, env = "ETCD_CERT_FILE")]
+    pub cert_file: Option<PathBuf>,
+    /// Path to the client server TLS key file.
+    #[arg(long, env = "ETCD_KEY_FILE")]
+    pub key_file: Option<PathBuf>,
+    /// Path to an explicit client TLS cert file this member uses when it dials a client port
+    /// (forwarding to the leader); otherwise --cert-file.
+    #[arg(long, env = "ETCD_CLIENT_CERT_FILE")]
+    pub client_cert_file: Option<PathBuf>,
+    /// Path to an explicit client TLS key file; otherwise --key-file.
+    #[arg(long, env = "ETCD_CLIENT_KEY_FILE")]
+    pub client_key_file: Option<PathBuf>,
+    /// Enable client cert authentication: the certificate's CN is the auth user of a request
+    /// that carries no token.
+    #[arg(long, env = "ETCD_CLIENT_CERT_AUTH", num_args = 0..=1, require_equals = true,
+          default_value_t = false, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub client_cert_auth: bool,
+    /// Path to the client certificate revocation list file.
+    #[arg(long, env = "ETCD_CLIENT_CRL_FILE")]
+    pub client_crl_file: Option<PathBuf>,
+    /// Path to the client server TLS trusted CA cert file.
+    #[arg(long, env = "ETCD_TRUSTED_CA_FILE")]
+    pub trusted_ca_file: Option<PathBuf>,
+    /// Client TLS using generated certificates.
+    #[arg(long, env = "ETCD_AUTO_TLS", num_args = 0..=1, require_equals = true,
+          default_value_t = false, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub auto_tls: bool,
+    /// Path to the peer server TLS cert file.
+    #[arg(long, env = "ETCD_PEER_CERT_FILE")]
+    pub peer_cert_file: Option<PathBuf>,
+    /// Path to the peer server TLS key file.
+    #[arg(long, env = "ETCD_PEER_KEY_FILE")]
+    pub peer_key_file: Option<PathBuf>,
+    /// Path to an explicit peer client TLS cert file; otherwise --peer-cert-file.
+    #[arg(long, env = "ETCD_PEER_CLIENT_CERT_FILE")]
+    pub peer_client_cert_file: Option<PathBuf>,
+    /// Path to an explicit peer client TLS key file; otherwise --peer-key-file.
+    #[arg(long, env = "ETCD_PEER_CLIENT_KEY_FILE")]
+    pub peer_client_key_file: Option<PathBuf>,
+    /// Enable peer client cert authentication.
+    #[arg(long, env = "ETCD_PEER_CLIENT_CERT_AUTH", num_args = 0..=1, require_equals = true,
+          default_value_t = false, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub peer_client_cert_auth: bool,
+    /// Path to the peer server TLS trusted CA file.
+    #[arg(long, env = "ETCD_PEER_TRUSTED_CA_FILE")]
+    pub peer_trusted_ca_file: Option<PathBuf>,
+    /// Allowed CN for inter-peer authentication.
+    #[arg(long, env = "ETCD_PEER_CERT_ALLOWED_CN")]
+    pub peer_cert_allowed_cn: Option<String>,
+    /// Path to the peer certificate revocation list file.
+    #[arg(long, env = "ETCD_PEER_CRL_FILE")]
+    pub peer_crl_file: Option<PathBuf>,
+    /// Peer TLS using self-generated certificates.
+    #[arg(long, env = "ETCD_PEER_AUTO_TLS", num_args = 0..=1, require_equals = true,
+          default_value_t = false, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub peer_auto_tls: bool,
+    /// Validity of the auto-generated certificates in years.
+    #[arg(long, env = "ETCD_SELF_SIGNED_CERT_VALIDITY", default_value_t = 1)]
+    pub self_signed_cert_validity: u32,
+    /// Comma-separated list of supported TLS 1.2 cipher suites (Go's names); default: all
+    /// that Strata offers.
+    #[arg(long, env = "ETCD_CIPHER_SUITES")]
+    pub cipher_suites: Option<String>,
+    /// Minimum TLS version: TLS1.2 or TLS1.3.
+    #[arg(long, env = "ETCD_TLS_MIN_VERSION", default_value = "TLS1.2")]
+    pub tls_min_version: String,
+    /// Maximum TLS version: TLS1.2 or TLS1.3 (default: the newest).
+    #[arg(long, env = "ETCD_TLS_MAX_VERSION", default_value = "")]
+    pub tls_max_version: String,
 }
 
 /// When to compact history automatically.
@@ -205,6 +284,394 @@ pub struct MemberConfig {
     pub bcrypt_cost: u32,
     pub log_outputs: Vec<String>,
     pub log_level: String,
+    pub security: Security,
+}
+
+/// One port's TLS, validated (etcd's `transport.TLSInfo`). Files are only named here; they
+/// are read, checked against each other and re-read for every new connection by `crate::tls`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsInfo {
+    /// The certificate this port serves.
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// The certificate this member presents when it dials such a port (the `--client-cert-file`
+    /// / `--peer-client-cert-file` override, else the serving certificate, as etcd does).
+    pub dial_cert_file: PathBuf,
+    pub dial_key_file: PathBuf,
+    /// CAs a connecting party's certificate must chain to; when set, a certificate is required
+    /// (etcd 3.4 requires one whenever a trusted CA is configured), and dialed servers are
+    /// verified against it.
+    pub trusted_ca_file: Option<PathBuf>,
+    /// Client port: the certificate's CN names the auth user of a request with no token.
+    /// Peer port: a peer must present a certificate.
+    pub cert_auth: bool,
+    pub crl_file: Option<PathBuf>,
+    /// Peer port: the only CN a peer's certificate may carry (`--peer-cert-allowed-cn`).
+    pub allowed_cn: Option<String>,
+    /// `--auto-tls` / `--peer-auto-tls`: the certificate is generated at start (into the data
+    /// dir's `fixtures/`), and dialers do not verify it, as etcd's self-signed mode does.
+    pub self_signed: bool,
+}
+
+/// TLS versions and TLS 1.2 suites, shared by both ports (`--tls-min-version`,
+/// `--tls-max-version`, `--cipher-suites`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsPolicy {
+    pub min_tls13: bool,
+    pub max_tls12: bool,
+    /// Go's names of the TLS 1.2 suites allowed; `None`: every suite Strata offers.
+    pub cipher_suites: Option<Vec<String>>,
+}
+
+/// The TLS 1.2 suites Strata offers, by Go's names (`tls.CipherSuiteName`). Go also knows CBC,
+/// RSA key exchange, 3DES and RC4 suites; rustls has none of them, so they are refused at start
+/// rather than silently dropped.
+pub const CIPHER_SUITES: &[&str] = &[
+    "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
+    "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384",
+    "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256",
+    "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
+    "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384",
+    "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256",
+];
+
+/// Go's older names for the ChaCha20 suites, still accepted by etcd.
+fn canonical_suite(name: &str) -> &str {
+    match name {
+        "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305" => "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256",
+        "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305" => "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256",
+        other => other,
+    }
+}
+
+/// How `--auth-token` mints and checks tokens.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AuthTokenKind {
+    /// etcd's default: random tokens registered on every member through raft.
+    Simple,
+    /// Signed JWTs: any member verifies one with the public key alone.
+    Jwt(JwtOptions),
+}
+
+/// `--auth-token jwt,pub-key=...,priv-key=...,sign-method=...,ttl=...` (etcd's
+/// `auth.NewTokenProvider` options).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JwtOptions {
+    pub sign_method: String,
+    /// The key tokens are verified with (asymmetric methods).
+    pub pub_key: Option<PathBuf>,
+    /// The key tokens are signed with; for HS* methods the shared secret, and the only key.
+    /// Without it a member of an asymmetric method verifies tokens but cannot issue them.
+    pub priv_key: Option<PathBuf>,
+    pub ttl: Duration,
+}
+
+/// etcd's JWT signing methods (`jwt.GetSigningMethod` names it accepts).
+/// ES512 is refused: the JWT crate has no P-521.
+pub const JWT_SIGN_METHODS: &[&str] = &[
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA", "HS256",
+    "HS384", "HS512",
+];
+
+/// Parses `--auth-token` as etcd does: `simple`, or `jwt` followed by comma-separated
+/// `key=value` options.
+pub fn parse_auth_token(value: &str) -> Result<AuthTokenKind, String> {
+    let mut parts = value.split(',');
+    let kind = parts.next().unwrap_or("").trim();
+    match kind {
+        "simple" => {
+            if value.contains(',') {
+                return Err(format!(
+                    "--auth-token: simple tokens take no options: {value:?}"
+                ));
+            }
+            return Ok(AuthTokenKind::Simple);
+        }
+        "jwt" => {}
+        other => {
+            return Err(format!(
+                "--auth-token: unknown token type {other:?} (want \"simple\" or \"jwt,...\")"
+            ))
+        }
+    }
+    let (mut sign_method, mut pub_key, mut priv_key) = (None, None, None);
+    let mut ttl = Duration::from_secs(300);
+    for opt in parts.map(str::trim).filter(|o| !o.is_empty()) {
+        let (k, v) = opt
+            .split_once('=')
+            .ok_or_else(|| format!("--auth-token: option {opt:?} is not key=value"))?;
+        match k {
+            "sign-method" => sign_method = Some(v.to_string()),
+            "pub-key" => pub_key = Some(PathBuf::from(v)),
+            "priv-key" => priv_key = Some(PathBuf::from(v)),
+            "ttl" => {
+                ttl = parse_duration(v).ok_or_else(|| {
+                    format!("--auth-token: invalid ttl {v:?} (a duration such as 5m)")
+                })?
+            }
+            other => return Err(format!("--auth-token: unknown jwt option {other:?}")),
+        }
+    }
+    let sign_method = sign_method
+        .ok_or_else(|| "--auth-token: jwt needs sign-method=... (RS256, ES256, ...)".to_string())?;
+    if !JWT_SIGN_METHODS.contains(&sign_method.as_str()) {
+        return Err(format!(
+            "--auth-token: unsupported sign-method {sign_method:?} (want one of {})",
+            JWT_SIGN_METHODS.join(", ")
+        ));
+    }
+    if sign_method.starts_with("HS") {
+        if priv_key.is_none() {
+            return Err(format!(
+                "--auth-token: {sign_method} needs priv-key=FILE (the shared secret)"
+            ));
+        }
+    } else if pub_key.is_none() {
+        return Err(format!(
+            "--auth-token: {sign_method} needs pub-key=FILE (the key tokens are verified with)"
+        ));
+    }
+    Ok(AuthTokenKind::Jwt(JwtOptions {
+        sign_method,
+        pub_key,
+        priv_key,
+        ttl,
+    }))
+}
+
+/// The member's security settings, validated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Security {
+    /// TLS of the `https://` client URLs.
+    pub client: Option<TlsInfo>,
+    /// TLS of the `https://` peer URLs, and of the streams this member dials to peers.
+    pub peer: Option<TlsInfo>,
+    pub policy: TlsPolicy,
+    /// Years the `--auto-tls` / `--peer-auto-tls` certificates are valid.
+    pub self_signed_validity_years: u32,
+    pub auth_token: AuthTokenKind,
+}
+
+impl Default for Security {
+    fn default() -> Security {
+        Security {
+            client: None,
+            peer: None,
+            policy: TlsPolicy {
+                min_tls13: false,
+                max_tls12: false,
+                cipher_suites: None,
+            },
+            self_signed_validity_years: 1,
+            auth_token: AuthTokenKind::Simple,
+        }
+    }
+}
+
+fn tls_version(flag: &str, value: &str) -> Result<Option<bool>, String> {
+    match value {
+        "" => Ok(None),
+        "TLS1.2" => Ok(Some(false)),
+        "TLS1.3" => Ok(Some(true)),
+        other => Err(format!(
+            "--{flag}: unexpected TLS version {other:?} (must be one of: TLS1.2, TLS1.3)"
+        )),
+    }
+}
+
+/// A certificate and its key: both or neither.
+fn pair(
+    cert: &Option<PathBuf>,
+    key: &Option<PathBuf>,
+    cert_flag: &str,
+    key_flag: &str,
+) -> Result<Option<(PathBuf, PathBuf)>, String> {
+    match (cert, key) {
+        (Some(c), Some(k)) => Ok(Some((c.clone(), k.clone()))),
+        (None, None) => Ok(None),
+        (Some(c), None) => Err(format!(
+            "--{cert_flag} {} is set but --{key_flag} is not: both are needed",
+            c.display()
+        )),
+        (None, Some(k)) => Err(format!(
+            "--{key_flag} {} is set but --{cert_flag} is not: both are needed",
+            k.display()
+        )),
+    }
+}
+
+/// What one port's flags say, before the URLs decide whether TLS is used.
+struct PortFlags<'a> {
+    /// `client` or `peer`, for messages.
+    port: &'a str,
+    /// Flag names: (cert, key), (dial cert, dial key), CA, cert auth.
+    names: [&'a str; 6],
+    serve: Option<(PathBuf, PathBuf)>,
+    dial: Option<(PathBuf, PathBuf)>,
+    trusted_ca_file: Option<PathBuf>,
+    cert_auth: bool,
+    crl_file: Option<PathBuf>,
+    allowed_cn: Option<String>,
+    auto: bool,
+}
+
+impl PortFlags<'_> {
+    /// etcd's checks for one port: https URLs need a certificate (or auto TLS); a certificate
+    /// with only http URLs is ignored with a warning by etcd, and here an error would break
+    /// deployments that pass certs everywhere, so it is reported at start instead.
+    fn validate(
+        self,
+        urls: &[&String],
+        data_dir_fixtures: &std::path::Path,
+    ) -> Result<Option<TlsInfo>, String> {
+        let [cert_flag, key_flag, _, _, ca_flag, auth_flag] = self.names;
+        let https: Vec<&&String> = urls.iter().filter(|u| u.starts_with("https://")).collect();
+        if self.cert_auth && self.trusted_ca_file.is_none() && !self.auto {
+            return Err(format!(
+                "--{auth_flag} needs --{ca_flag}: the CA client certificates are checked against"
+            ));
+        }
+        if https.is_empty() {
+            return Ok(None);
+        }
+        let (cert_file, key_file, self_signed) = match (self.serve, self.auto) {
+            (Some((c, k)), _) => (c, k, false),
+            (None, true) => (
+                data_dir_fixtures.join(self.port).join("cert.pem"),
+                data_dir_fixtures.join(self.port).join("key.pem"),
+                true,
+            ),
+            (None, false) => {
+                return Err(format!(
+                    "TLS key/cert (--{cert_flag}, --{key_flag}) must be provided for {} url {} with HTTPS scheme",
+                    self.port, https[0]
+                ))
+            }
+        };
+        let (dial_cert_file, dial_key_file) = self
+            .dial
+            .unwrap_or_else(|| (cert_file.clone(), key_file.clone()));
+        Ok(Some(TlsInfo {
+            cert_file,
+            key_file,
+            dial_cert_file,
+            dial_key_file,
+            trusted_ca_file: self.trusted_ca_file,
+            cert_auth: self.cert_auth,
+            crl_file: self.crl_file,
+            allowed_cn: self.allowed_cn,
+            self_signed,
+        }))
+    }
+}
+
+impl TlsFlags {
+    /// Checks the security flags against each other and the URLs (files are read at start).
+    pub fn validate(
+        &self,
+        client_urls: &[&String],
+        peer_urls: &[&String],
+        data_dir: &std::path::Path,
+        auth_token: &str,
+    ) -> Result<Security, String> {
+        let fixtures = data_dir.join("fixtures");
+        let client = PortFlags {
+            port: "client",
+            names: [
+                "cert-file",
+                "key-file",
+                "client-cert-file",
+                "client-key-file",
+                "trusted-ca-file",
+                "client-cert-auth",
+            ],
+            serve: pair(&self.cert_file, &self.key_file, "cert-file", "key-file")?,
+            dial: pair(
+                &self.client_cert_file,
+                &self.client_key_file,
+                "client-cert-file",
+                "client-key-file",
+            )?,
+            trusted_ca_file: self.trusted_ca_file.clone(),
+            cert_auth: self.client_cert_auth,
+            crl_file: self.client_crl_file.clone(),
+            allowed_cn: None,
+            auto: self.auto_tls,
+        }
+        .validate(client_urls, &fixtures)?;
+        let peer = PortFlags {
+            port: "peer",
+            names: [
+                "peer-cert-file",
+                "peer-key-file",
+                "peer-client-cert-file",
+                "peer-client-key-file",
+                "peer-trusted-ca-file",
+                "peer-client-cert-auth",
+            ],
+            serve: pair(
+                &self.peer_cert_file,
+                &self.peer_key_file,
+                "peer-cert-file",
+                "peer-key-file",
+            )?,
+            dial: pair(
+                &self.peer_client_cert_file,
+                &self.peer_client_key_file,
+                "peer-client-cert-file",
+                "peer-client-key-file",
+            )?,
+            trusted_ca_file: self.peer_trusted_ca_file.clone(),
+            cert_auth: self.peer_client_cert_auth,
+            crl_file: self.peer_crl_file.clone(),
+            allowed_cn: self
+                .peer_cert_allowed_cn
+                .clone()
+                .filter(|cn| !cn.is_empty()),
+            auto: self.peer_auto_tls,
+        }
+        .validate(peer_urls, &fixtures)?;
+        let min = tls_version("tls-min-version", &self.tls_min_version)?.unwrap_or(false);
+        let max = tls_version("tls-max-version", &self.tls_max_version)?;
+        if min && max == Some(false) {
+            return Err("--tls-min-version TLS1.3 is above --tls-max-version TLS1.2".into());
+        }
+        let cipher_suites = match &self.cipher_suites {
+            None => None,
+            Some(list) if list.trim().is_empty() => None,
+            Some(list) => {
+                if min {
+                    return Err("--cipher-suites cannot be configured when only TLS1.3 is enabled (TLS 1.3 suites are fixed)".into());
+                }
+                let mut names = Vec::new();
+                for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+                    let name = canonical_suite(name);
+                    if !CIPHER_SUITES.contains(&name) {
+                        return Err(format!(
+                            "--cipher-suites: unsupported cipher suite {name:?} (Strata offers {})",
+                            CIPHER_SUITES.join(", ")
+                        ));
+                    }
+                    names.push(name.to_string());
+                }
+                Some(names)
+            }
+        };
+        if self.self_signed_cert_validity == 0 {
+            return Err("--self-signed-cert-validity must be at least 1 (years)".into());
+        }
+        Ok(Security {
+            client,
+            peer,
+            policy: TlsPolicy {
+                min_tls13: min,
+                max_tls12: max == Some(false),
+                cipher_suites,
+            },
+            self_signed_validity_years: self.self_signed_cert_validity,
+            auth_token: parse_auth_token(auth_token)?,
+        })
+    }
 }
 
 fn split_urls(flag: &str, value: &str) -> Result<Vec<String>, String> {
@@ -224,9 +691,6 @@ fn split_urls(flag: &str, value: &str) -> Result<Vec<String>, String> {
         else {
             return Err(format!("--{flag}: URL scheme must be http or https: {u}"));
         };
-        if u.starts_with("https://") {
-            return Err(format!("--{flag}: TLS is not supported yet: {u}"));
-        }
         let host_port = rest.trim_end_matches('/');
         if host_port
             .rsplit_once(':')
@@ -423,12 +887,6 @@ impl MemberFlags {
         }
         let auto_compaction =
             parse_auto_compaction(&self.auto_compaction_mode, &self.auto_compaction_retention)?;
-        if self.auth_token != "simple" {
-            return Err(format!(
-                "--auth-token: only \"simple\" tokens are supported, not {:?}",
-                self.auth_token
-            ));
-        }
         if !(4..=31).contains(&self.bcrypt_cost) {
             return Err(format!(
                 "--bcrypt-cost: {} is outside 4..=31",
@@ -449,6 +907,16 @@ impl MemberFlags {
             .data_dir
             .clone()
             .unwrap_or_else(|| PathBuf::from(format!("{}.strata", self.name)));
+        let client_urls: Vec<&String> =
+            listen_client.iter().chain(&advertise_client_urls).collect();
+        let all_peer_urls: Vec<&String> = listen_peer
+            .iter()
+            .chain(&peer_urls)
+            .chain(initial_members.iter().flat_map(|m| &m.peer_urls))
+            .collect();
+        let security =
+            self.tls
+                .validate(&client_urls, &all_peer_urls, &data_dir, &self.auth_token)?;
         Ok(MemberConfig {
             name: self.name.clone(),
             data_dir,
@@ -476,6 +944,7 @@ impl MemberFlags {
                 .filter(|s| !s.is_empty())
                 .collect(),
             log_level: self.log_level.clone(),
+            security,
         })
     }
 }

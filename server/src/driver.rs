@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use strata_engine::auth::PasswordCheck;
+use strata_engine::auth::{Credential, PasswordCheck};
 use strata_engine::bugs::{self, Bug};
 use strata_engine::node::{AppliedEntry, Config, PersistTask, PersistedLog};
 use strata_engine::proto::strata::internal::MemberRecord;
@@ -78,7 +78,7 @@ pub type Observer = Arc<dyn Fn(Observation) + Send + Sync>;
 pub enum Command {
     Call {
         request: Request,
-        token: Option<String>,
+        credential: Option<Credential>,
         reply: oneshot::Sender<Result<Response, EtcdError>>,
     },
     /// Registers where a watch stream's responses go; must precede its watch inputs.
@@ -176,12 +176,12 @@ impl Handle {
     pub async fn call(
         &self,
         request: Request,
-        token: Option<String>,
+        credential: Option<Credential>,
     ) -> Result<Response, EtcdError> {
         let (reply, rx) = oneshot::channel();
         self.send(Command::Call {
             request,
-            token,
+            credential,
             reply,
         })?;
         rx.await.map_err(|_| EtcdError::Stopped)?
@@ -451,13 +451,17 @@ impl<B: ServerBackend> Driver<B> {
         match cmd {
             Command::Call {
                 request,
-                token,
+                credential,
                 reply,
             } => {
                 let id = RequestId(self.next_request);
                 self.next_request += 1;
                 self.pending.insert(id, reply);
-                inputs.push(Input::Request { id, request, token });
+                inputs.push(Input::Request {
+                    id,
+                    request,
+                    credential,
+                });
             }
             Command::WatchOpen { stream, events } => {
                 self.watch_streams.open(stream, events);

@@ -2,7 +2,15 @@
 //! etcd serves them. Connections are told apart by hyper's protocol detection; requests are
 //! routed by path: `/etcdserverpb.*`, `/v3lockpb.*`, `/v3electionpb.*` to the gRPC services,
 //! `/v3/...` to the JSON gateway ([`crate::gateway`]), and `/health`, `/version`, `/metrics`.
+//!
+//! An `https://` listener runs each connection's TLS handshake in a task of its own (a slow or
+//! hostile client never holds up the accept loop), with a deadline; a failed handshake is
+//! logged, rate-limited, and touches no other connection. Every request has the
+//! [`CERT_USER`] metadata stripped, and with `--client-cert-auth` set to the verified
+//! certificate's CN, so the gRPC services can authorise a request without a token as that
+//! user; the JSON gateway builds its own requests and never carries it, as in etcd.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
@@ -13,8 +21,11 @@ use axum::Router;
 use strata_engine::node::ETCD_VERSION;
 use strata_engine::proto::etcdserverpb::RangeRequest;
 use strata_engine::request::Request;
-use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+
+use crate::api::CERT_USER;
+use crate::tls::{HandshakeLog, Port, PortTls};
 
 use crate::api::pb::etcdserverpb::{
     auth_server::AuthServer, cluster_server::ClusterServer, kv_server::KvServer,
@@ -62,9 +73,154 @@ pub fn grpc_routes(ctx: &Ctx, max_request_bytes: usize) -> tonic::service::Route
     routes.routes()
 }
 
+/// How long a client may take over its TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A byte stream a client connection runs on: plain TCP or TLS over it.
+pub trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static> Io for T {}
+
+/// Who is at the other end of a client connection.
+#[derive(Clone, Debug)]
+pub struct ClientConn {
+    pub remote: std::net::SocketAddr,
+    /// The CN of a verified client certificate, with `--client-cert-auth` on.
+    pub cert_user: Option<String>,
+}
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, ClientListener>>
+    for ClientConn
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, ClientListener>) -> ClientConn {
+        stream.remote_addr().clone()
+    }
+}
+
+/// The client port's connections, after their TLS handshake if the port has TLS.
+pub struct ClientListener {
+    local: std::net::SocketAddr,
+    ready: mpsc::Receiver<(Box<dyn Io>, ClientConn)>,
+}
+
+impl ClientListener {
+    /// Accepts on `listener`; with `tls`, hands out only connections whose handshake
+    /// succeeded. The accept task ends when this is dropped.
+    pub fn new(
+        listener: TcpListener,
+        tls: Option<Arc<PortTls>>,
+    ) -> std::io::Result<ClientListener> {
+        let local = listener.local_addr()?;
+        let (tx, ready) = mpsc::channel(64);
+        tokio::spawn(accept_loop(listener, tls, tx));
+        Ok(ClientListener { local, ready })
+    }
+}
+
+impl axum::serve::Listener for ClientListener {
+    type Io = Box<dyn Io>;
+    type Addr = ClientConn;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.ready.recv().await {
+            Some(conn) => conn,
+            // The accept task is gone (it never returns while this lives): wait forever, as
+            // a listener with no connections does; shutdown ends the server.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(ClientConn {
+            remote: self.local,
+            cert_user: None,
+        })
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    tls: Option<Arc<PortTls>>,
+    ready: mpsc::Sender<(Box<dyn Io>, ClientConn)>,
+) {
+    let refused = Arc::new(HandshakeLog::default());
+    loop {
+        let (stream, remote) = tokio::select! {
+            biased;
+            _ = ready.closed() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(x) => x,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off, never spin.
+                    tracing::warn!(error = %e, "accepting a client connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        // Small answers must not wait for the client's delayed ACK (Nagle): etcd's listeners
+        // set TCP_NODELAY too. Without it reads and watch events took ~40 ms each.
+        let _ = stream.set_nodelay(true);
+        let Some(tls) = tls.clone() else {
+            let conn = ClientConn {
+                remote,
+                cert_user: None,
+            };
+            if ready.send((Box::new(stream), conn)).await.is_err() {
+                return;
+            }
+            continue;
+        };
+        let (ready, refused) = (ready.clone(), refused.clone());
+        tokio::spawn(async move {
+            match handshake(&tls, stream).await {
+                Ok((io, cert_user)) => {
+                    let _ = ready.send((io, ClientConn { remote, cert_user })).await;
+                }
+                Err(e) => refused.refused(Port::Client, remote, &e),
+            }
+        });
+    }
+}
+
+async fn handshake(
+    tls: &PortTls,
+    stream: TcpStream,
+) -> std::io::Result<(Box<dyn Io>, Option<String>)> {
+    let accept = tls.acceptor().accept(stream);
+    let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, accept)
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "handshake timed out"))??;
+    let leaf = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .map(|c| c.as_ref().to_vec());
+    let user = crate::tls::identity::cert_user(tls.info().cert_auth, leaf.as_deref());
+    Ok((Box::new(stream), user))
+}
+
+/// Strips [`CERT_USER`] from every request and sets it from the connection's verified
+/// certificate, so only the TLS layer can name a user that way.
+async fn cert_user_metadata(
+    axum::extract::ConnectInfo(conn): axum::extract::ConnectInfo<ClientConn>,
+    mut request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let headers = request.headers_mut();
+    headers.remove(CERT_USER);
+    if let Some(user) = conn
+        .cert_user
+        .and_then(|u| axum::http::HeaderValue::from_str(&u).ok())
+    {
+        headers.insert(CERT_USER, user);
+    }
+    next.run(request).await
+}
+
 /// Serves one client listener until shutdown.
 pub async fn serve(
-    listener: TcpListener,
+    listener: ClientListener,
     ctx: Ctx,
     max_request_bytes: usize,
     mut shutdown: watch::Receiver<bool>,
@@ -74,18 +230,17 @@ pub async fn serve(
         .clone()
         .into_axum_router()
         .layer(axum::middleware::map_response(grpc_go_size_status))
+        .layer(axum::middleware::from_fn(cert_user_metadata))
         .merge(crate::gateway::router(grpc, max_request_bytes))
         .merge(plain_routes(ctx.clone()));
-    // Small answers must not wait for the client's delayed ACK (Nagle): etcd's listeners set
-    // TCP_NODELAY too. Without it reads and watch events took ~40 ms each.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |s| {
-        let _ = s.set_nodelay(true);
-    });
-    let result = axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            let _ = shutdown.changed().await;
-        })
-        .await;
+    let result = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<ClientConn>(),
+    )
+    .with_graceful_shutdown(async move {
+        let _ = shutdown.changed().await;
+    })
+    .await;
     if let Err(e) = result {
         tracing::error!(error = %e, "client listener failed");
     }

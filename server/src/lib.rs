@@ -7,15 +7,20 @@ pub mod api;
 pub mod clock;
 pub mod config;
 pub mod driver;
+#[cfg(all(test, not(madsim)))]
+mod fuzzing;
 #[cfg(not(madsim))]
 pub mod gateway;
 #[cfg(not(madsim))]
 pub mod http;
+pub mod jwt;
 pub mod metrics;
 #[cfg(not(madsim))]
 pub mod restore;
 #[cfg(not(madsim))]
 pub mod server;
 pub mod storage;
+#[cfg(not(madsim))]
+pub mod tls;
 pub mod transport;
 pub mod watch_queue;

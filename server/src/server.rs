@@ -30,6 +30,22 @@ pub enum StartError {
     Listen { addr: String, reason: String },
     #[error(transparent)]
     Engine(#[from] Stopped),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::files::FileError),
+}
+
+/// The hosts of `urls`, for the names of an `--auto-tls` certificate.
+fn hosts(urls: &[String]) -> Vec<String> {
+    urls.iter()
+        .map(|u| {
+            let hp = url_host_port(u);
+            let host = hp.rsplit_once(':').map_or(hp, |(h, _)| h);
+            host.trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string()
+        })
+        .filter(|h| !h.is_empty() && h != "0.0.0.0" && h != "::")
+        .collect()
 }
 
 /// Resolves `host:port` of a listen URL (`localhost` included) to socket addresses.
@@ -55,6 +71,7 @@ async fn identify(
     cfg: &MemberConfig,
     store: &RocksStore,
     fresh: bool,
+    tls: &crate::tls::MemberTls,
 ) -> Result<(Identity, PersistedLog, Vec<MemberRecord>), StartError> {
     let me = cfg
         .initial_members
@@ -119,7 +136,7 @@ async fn identify(
     let mut last_error = String::from("no other member in --initial-cluster");
     for m in cfg.initial_members.iter().filter(|m| m.name != cfg.name) {
         for url in &m.peer_urls {
-            match transport::fetch_members(url).await {
+            match transport::fetch_members(url, tls.peer.as_deref()).await {
                 Ok(list) => {
                     let mut mine = cfg.peer_urls.clone();
                     mine.sort();
@@ -163,9 +180,30 @@ pub async fn start(
             "--wal-dir is ignored: the raft log lives in the data dir's database"
         );
     }
+    // Certificates and token keys are checked before the data dir is touched: a bad file is a
+    // one-line error and leaves nothing behind. (`--auto-tls` writes its certificates into
+    // the data dir's `fixtures/`, as etcd does.)
+    let tokens = match &cfg.security.auth_token {
+        crate::config::AuthTokenKind::Simple => crate::api::Tokens::Simple,
+        crate::config::AuthTokenKind::Jwt(opts) => crate::api::Tokens::Jwt(std::sync::Arc::new(
+            crate::jwt::JwtProvider::load(opts).map_err(StartError::Config)?,
+        )),
+    };
     let fresh = !RocksStore::exists(&cfg.data_dir);
+    let client_hosts =
+        hosts(&[cfg.listen_client.clone(), cfg.advertise_client_urls.clone()].concat());
+    let peer_hosts = hosts(&[cfg.listen_peer.clone(), cfg.peer_urls.clone()].concat());
+    let tls = match crate::tls::MemberTls::load(&cfg.security, &client_hosts, &peer_hosts) {
+        Ok(tls) => tls,
+        Err(e) => {
+            if fresh {
+                let _ = std::fs::remove_dir_all(&cfg.data_dir);
+            }
+            return Err(e.into());
+        }
+    };
     let store = RocksStore::open(&cfg.data_dir, fresh)?;
-    let (identity, persisted, known_members) = match identify(&cfg, &store, fresh).await {
+    let (identity, persisted, known_members) = match identify(&cfg, &store, fresh, &tls).await {
         Ok(x) => x,
         Err(e) => {
             if fresh {
@@ -195,7 +233,8 @@ pub async fn start(
     };
 
     let (peer_tx, peer_rx) = mpsc::unbounded_channel();
-    let transport = Transport::new(id, identity.cluster_id, cfg.peer_urls.clone(), peer_tx);
+    let transport = Transport::new(id, identity.cluster_id, cfg.peer_urls.clone(), peer_tx)
+        .with_tls(tls.peer.clone());
     let (driver, handle) = Driver::start(Parts {
         config,
         name: cfg.name.clone(),
@@ -217,27 +256,57 @@ pub async fn start(
 
     for url in &cfg.listen_peer {
         let listener = bind(url).await?;
+        if url.starts_with("https://") {
+            tracing::info!(address = %url_host_port(url), "serving peer traffic securely");
+        } else if tls.peer.is_some() {
+            tracing::warn!(address = %url_host_port(url), "peer URL is http while peer TLS is configured: this listener is plaintext");
+        }
         let shared = handle.shared.clone();
         let members: MembersSource = std::sync::Arc::new(move || shared.view().members);
-        tokio::spawn(transport::serve(listener, transport.clone(), members));
+        tokio::spawn(transport::serve(
+            listener,
+            transport.clone(),
+            members,
+            url.starts_with("https://"),
+        ));
     }
 
     let mut ctx = Ctx::new(handle.clone());
     ctx.bcrypt_cost = cfg.bcrypt_cost;
+    ctx.tokens = tokens;
+    if let Some(client_tls) = tls.client.clone() {
+        ctx = ctx.with_leader_dialer(std::sync::Arc::new(move |url: &str| {
+            crate::tls::grpc_channel(client_tls.clone(), url)
+        }));
+    }
     let mut client_addrs = Vec::new();
+    let mut listeners = Vec::new();
     for url in &cfg.listen_client {
         let listener = bind(url).await?;
         client_addrs.push(listener.local_addr().map_err(|e| StartError::Listen {
             addr: url.clone(),
             reason: e.to_string(),
         })?);
-        tokio::spawn(crate::http::serve(
+        let secure = url.starts_with("https://");
+        let listener = crate::http::ClientListener::new(
             listener,
-            ctx.clone(),
-            cfg.max_request_bytes as usize,
-            shutdown.clone(),
-        ));
+            if secure { tls.client.clone() } else { None },
+        )
+        .map_err(|e| StartError::Listen {
+            addr: url.clone(),
+            reason: e.to_string(),
+        })?;
+        listeners.push((url.clone(), secure, listener));
     }
+    tokio::spawn(publish_then_serve(
+        handle.clone(),
+        cfg.name.clone(),
+        cfg.advertise_client_urls.clone(),
+        listeners,
+        ctx,
+        cfg.max_request_bytes as usize,
+        shutdown.clone(),
+    ));
     if cfg.auto_compaction != AutoCompaction::Off {
         tokio::spawn(auto_compact(
             handle.clone(),
@@ -262,6 +331,55 @@ pub async fn start(
         },
         stopped,
     ))
+}
+
+/// etcd's start-up order: the client listeners are bound at once (a taken port is a start
+/// error), but answer only once this member's name and client URLs are committed, so that
+/// a client that reaches any member finds every serving member in `member list` (etcd's
+/// `publish` before `ReadyNotify`). A member whose applied membership already shows its
+/// attributes (a restart with the same URLs) serves at once.
+async fn publish_then_serve(
+    handle: Handle,
+    name: String,
+    client_urls: Vec<String>,
+    listeners: Vec<(String, bool, crate::http::ClientListener)>,
+    ctx: Ctx,
+    max_request_bytes: usize,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let id = handle.shared.id;
+    let published = || {
+        handle
+            .shared
+            .member(id)
+            .is_some_and(|m| m.name == name && m.client_urls == client_urls)
+    };
+    while !published() {
+        tokio::select! {
+            biased;
+            _ = shutdown.changed() => return,
+            _ = tokio::time::sleep(Duration::from_millis(10)) => {}
+        }
+    }
+    tracing::info!(
+        local_member_id = %format!("{:x}", id.0),
+        local_member_attributes = %format!("{{Name:{name} ClientURLs:[{}]}}", client_urls.join(" ")),
+        "published local member to cluster through raft"
+    );
+    for (url, secure, listener) in listeners {
+        if secure {
+            tracing::info!(address = %url_host_port(&url), "serving client traffic securely");
+        } else {
+            tracing::info!(address = %url_host_port(&url), "serving client traffic insecurely; this is strongly discouraged!");
+        }
+        tokio::spawn(crate::http::serve(
+            listener,
+            ctx.clone(),
+            max_request_bytes,
+            shutdown.clone(),
+        ));
+    }
+    tracing::info!("ready to serve client requests");
 }
 
 /// etcd's auto-compaction, run by every member against the leader's revision (compactions

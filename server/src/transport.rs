@@ -23,6 +23,15 @@
 //! as etcd fetches `/members` from its peers.
 //!
 //! Frame: `u32` big-endian length of what follows, a kind byte, the payload.
+//!
+//! TLS (etcd's peer TLS): an `https://` peer listener runs the handshake before it reads a
+//! byte, with the peer port's [`PeerTls`]: a peer without a certificate from
+//! `--peer-trusted-ca-file`, or whose CN is not `--peer-cert-allowed-cn`, fails the handshake,
+//! so not one frame of it is decoded — no hello, no raft message, no snapshot, no member list.
+//! A member dials `https://` peer URLs with TLS, presenting its peer (client) certificate.
+//! Simulated builds have no TLS: [`PeerTls`] has no value there.
+
+mod wire_guard;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -33,9 +42,83 @@ use protobuf::Message as _;
 use raft::eraftpb::{Message, MessageType};
 use strata_engine::proto::strata::internal::MemberRecord;
 use strata_engine::NodeId;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
+
+/// The peer port's TLS ([`crate::tls::PortTls`]).
+#[cfg(not(madsim))]
+pub type PeerTls = crate::tls::PortTls;
+
+/// Simulated sockets carry no TLS: there is no peer TLS to configure.
+#[cfg(madsim)]
+#[derive(Debug)]
+pub enum PeerTls {}
+
+/// A peer stream: plain TCP, or TLS over it.
+pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+type BoxStream = Box<dyn Stream>;
+
+/// How long a peer may take over its TLS handshake.
+#[cfg(not(madsim))]
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Dials `url` (`http://` plain, `https://` TLS with this member's peer certificate).
+async fn connect(url: &str, tls: Option<&PeerTls>) -> std::io::Result<BoxStream> {
+    let addr = url_host_port(url);
+    let tcp = TcpStream::connect(addr).await?;
+    let _ = tcp.set_nodelay(true);
+    if !url.starts_with("https://") {
+        return Ok(Box::new(tcp));
+    }
+    let Some(tls) = tls else {
+        return Err(std::io::Error::other(format!(
+            "{url} is https but this member has no peer TLS (--peer-cert-file, --peer-key-file)"
+        )));
+    };
+    secure_dial(tls, tcp, addr).await
+}
+
+#[cfg(not(madsim))]
+async fn secure_dial(tls: &PeerTls, tcp: TcpStream, addr: &str) -> std::io::Result<BoxStream> {
+    let name = crate::tls::server_name(addr).map_err(std::io::Error::other)?;
+    let handshake = tls.connector().connect(name, tcp);
+    let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
+        .await
+        .map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out")
+        })??;
+    Ok(Box::new(stream))
+}
+
+#[cfg(madsim)]
+async fn secure_dial(tls: &PeerTls, _tcp: TcpStream, _addr: &str) -> std::io::Result<BoxStream> {
+    match *tls {}
+}
+
+/// The server side of [`connect`]: TLS when the listener is `https://`.
+#[cfg(not(madsim))]
+async fn secure_accept(tls: Option<&PeerTls>, tcp: TcpStream) -> std::io::Result<BoxStream> {
+    let Some(tls) = tls else {
+        return Ok(Box::new(tcp));
+    };
+    let handshake = tls.acceptor().accept(tcp);
+    let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
+        .await
+        .map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out")
+        })??;
+    Ok(Box::new(stream))
+}
+
+#[cfg(madsim)]
+async fn secure_accept(tls: Option<&PeerTls>, tcp: TcpStream) -> std::io::Result<BoxStream> {
+    match tls {
+        None => Ok(Box::new(tcp)),
+        Some(t) => match *t {},
+    }
+}
 
 /// Largest frame a peer may send (a chunk of a snapshot or a batch of entries).
 const MAX_FRAME: usize = 64 * 1024 * 1024;
@@ -97,6 +180,8 @@ struct Inner {
     urls: Vec<String>,
     events: mpsc::UnboundedSender<PeerEvent>,
     directory: Mutex<Directory>,
+    /// Peer TLS, for `https://` peer URLs (dialing and listening).
+    tls: Option<Arc<PeerTls>>,
 }
 
 #[derive(Default)]
@@ -129,8 +214,24 @@ impl Transport {
                 urls,
                 events,
                 directory: Mutex::new(Directory::default()),
+                tls: None,
             }),
         }
+    }
+
+    /// The same transport with peer TLS for `https://` peer URLs. Call before any send.
+    pub fn with_tls(self, tls: Option<Arc<PeerTls>>) -> Transport {
+        let Ok(inner) = Arc::try_unwrap(self.inner) else {
+            panic!("Transport::with_tls called after the transport was shared");
+        };
+        Transport {
+            inner: Arc::new(Inner { tls, ..inner }),
+        }
+    }
+
+    /// The peer TLS this transport dials and listens with.
+    pub fn tls(&self) -> Option<Arc<PeerTls>> {
+        self.inner.tls.clone()
     }
 
     /// Queues `msg` for its recipient. Never blocks; a full queue or unknown peer drops it.
@@ -233,12 +334,11 @@ enum DialError {
     Removed,
 }
 
-/// Dials `addr`, says hello and waits for the answer.
-async fn dial(inner: &Inner, to: NodeId, addr: &str) -> Result<TcpStream, DialError> {
-    let mut stream = TcpStream::connect(addr)
+/// Dials `url`, says hello and waits for the answer.
+async fn dial(inner: &Inner, to: NodeId, url: &str) -> Result<BoxStream, DialError> {
+    let mut stream = connect(url, inner.tls.as_deref())
         .await
         .map_err(|e| DialError::Down(e.to_string()))?;
-    let _ = stream.set_nodelay(true);
     let mut hello = Vec::with_capacity(64);
     hello.extend_from_slice(&inner.cluster_id.to_be_bytes());
     hello.extend_from_slice(&inner.id.0.to_be_bytes());
@@ -271,9 +371,10 @@ async fn sender_loop(
     let mut backoff = Duration::from_millis(50);
     let mut attempt = 0usize;
     'connect: loop {
-        let addr = url_host_port(&urls[attempt % urls.len()]).to_string();
+        let url = &urls[attempt % urls.len()];
+        let addr = url_host_port(url).to_string();
         attempt += 1;
-        let stream = match dial(&inner, to, &addr).await {
+        let stream = match dial(&inner, to, url).await {
             Ok(s) => s,
             Err(DialError::Removed) => {
                 tracing::warn!(peer = %format!("{:x}", to.0), %addr, "peer refused this member: removed from the cluster");
@@ -397,8 +498,15 @@ async fn read_frame<R: AsyncReadExt + Unpin>(r: &mut R) -> std::io::Result<(u8, 
     Ok((kind, buf))
 }
 
-/// Accepts peers' streams and hands their messages to the driver.
-pub async fn serve(listener: TcpListener, transport: Transport, members: MembersSource) {
+/// Accepts peers' streams and hands their messages to the driver; `secure` (an `https://`
+/// listener) runs the TLS handshake first.
+pub async fn serve(
+    listener: TcpListener,
+    transport: Transport,
+    members: MembersSource,
+    secure: bool,
+) {
+    let tls = if secure { transport.tls() } else { None };
     loop {
         let (stream, addr) = match listener.accept().await {
             Ok(x) => x,
@@ -410,7 +518,16 @@ pub async fn serve(listener: TcpListener, transport: Transport, members: Members
         };
         let transport = transport.clone();
         let members = members.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
+            let _ = stream.set_nodelay(true);
+            let stream = match secure_accept(tls.as_deref(), stream).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(%addr, error = %e, "rejected peer connection: TLS handshake failed");
+                    return;
+                }
+            };
             if let Err(e) = serve_stream(stream, transport, members).await {
                 tracing::debug!(%addr, error = %e, "peer stream closed");
             }
@@ -447,12 +564,11 @@ impl Hello {
 }
 
 async fn serve_stream(
-    mut stream: TcpStream,
+    mut stream: BoxStream,
     transport: Transport,
     members: MembersSource,
 ) -> std::io::Result<()> {
     let (id, cluster_id) = (transport.inner.id, transport.inner.cluster_id);
-    let _ = stream.set_nodelay(true);
     let (kind, payload) = read_frame(&mut stream).await?;
     let hello = match kind {
         KIND_MEMBERS_REQUEST => {
@@ -485,35 +601,56 @@ async fn serve_stream(
     transport.learn_remote(from, hello.urls);
     answer(&mut stream, ACK_OK).await?;
     let events = transport.inner.events.clone();
-    let from = from.0;
     let mut r = tokio::io::BufReader::with_capacity(256 * 1024, stream);
+    read_messages(&mut r, from, id, |msg| {
+        events.send(PeerEvent::Message(Box::new(msg))).is_ok()
+    })
+    .await
+}
+
+/// Reads raft messages (whole, or a snapshot in chunks) from an accepted stream and hands
+/// each to `deliver` until it says stop (`false`) or the stream ends or breaks the protocol.
+/// Every message must be addressed from the stream's dialer to this member.
+async fn read_messages<R: AsyncRead + Unpin>(
+    r: &mut R,
+    from: NodeId,
+    to: NodeId,
+    mut deliver: impl FnMut(Message) -> bool,
+) -> std::io::Result<()> {
     let mut snapshot: Vec<u8> = Vec::new();
     loop {
-        let (kind, payload) = read_frame(&mut r).await?;
+        let (kind, payload) = read_frame(r).await?;
         let msg = match kind {
-            KIND_RAFT => Message::parse_from_bytes(&payload).map_err(invalid)?,
+            KIND_RAFT => decode_raft(&payload)?,
             KIND_SNAPSHOT_CHUNK if !payload.is_empty() => {
                 snapshot.extend_from_slice(&payload[1..]);
                 if payload[0] == 1 {
                     continue;
                 }
-                let msg = Message::parse_from_bytes(&snapshot).map_err(invalid)?;
+                let msg = decode_raft(&snapshot)?;
                 snapshot = Vec::new();
                 msg
             }
             _ => return Err(invalid("unexpected frame")),
         };
-        if msg.from != from || msg.to != id.0 {
+        if msg.from != from.0 || msg.to != to.0 {
             return Err(invalid("message addressed inconsistently with its stream"));
         }
-        if events.send(PeerEvent::Message(Box::new(msg))).is_err() {
+        if !deliver(msg) {
             return Ok(());
         }
     }
 }
 
+/// A peer's raft message, checked by [`wire_guard`] before protobuf 2.28 parses it
+/// (RUSTSEC-2024-0437: crafted groups could overflow its parser's stack).
+fn decode_raft(bytes: &[u8]) -> std::io::Result<Message> {
+    wire_guard::check_raft_message(bytes).map_err(invalid)?;
+    Message::parse_from_bytes(bytes).map_err(invalid)
+}
+
 /// Answers a hello (flushed: the dialer waits for it).
-async fn answer(stream: &mut TcpStream, ack: u8) -> std::io::Result<()> {
+async fn answer(stream: &mut BoxStream, ack: u8) -> std::io::Result<()> {
     write_frame(stream, KIND_HELLO_ACK, &[ack]).await?;
     stream.flush().await
 }
@@ -565,9 +702,9 @@ impl MembersList {
     }
 }
 
-/// Asks the member at `peer_url` for the cluster's member list.
-pub async fn fetch_members(peer_url: &str) -> std::io::Result<MembersList> {
-    let mut stream = TcpStream::connect(url_host_port(peer_url)).await?;
+/// Asks the member at `peer_url` for the cluster's member list (over TLS for `https://`).
+pub async fn fetch_members(peer_url: &str, tls: Option<&PeerTls>) -> std::io::Result<MembersList> {
+    let mut stream = connect(peer_url, tls).await?;
     write_frame(&mut stream, KIND_MEMBERS_REQUEST, &[]).await?;
     stream.flush().await?;
     let (kind, payload) = read_frame(&mut stream).await?;
@@ -621,7 +758,7 @@ mod tests {
         let (tx, rx) = mpsc::unbounded_channel();
         let transport = Transport::new(NodeId(id), cluster_id, vec![url.clone()], tx);
         let members: MembersSource = Arc::new(Vec::new);
-        tokio::spawn(serve(listener, transport.clone(), members));
+        tokio::spawn(serve(listener, transport.clone(), members, false));
         (transport, url, rx)
     }
 
@@ -702,5 +839,82 @@ mod tests {
             other => panic!("expected unreachable, got {other:?}"),
         }
         assert!(one_events.try_recv().is_err(), "nothing got through");
+    }
+
+    /// The frames a dialer sends: a hello, raft messages, a snapshot in chunks.
+    fn peer_seeds() -> Vec<Vec<u8>> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("rt");
+        rt.block_on(async {
+            let mut hello = Vec::new();
+            let mut payload = 9u64.to_be_bytes().to_vec();
+            payload.extend_from_slice(&1u64.to_be_bytes());
+            payload.extend_from_slice(&2u64.to_be_bytes());
+            payload.extend_from_slice(b"http://127.0.0.1:1");
+            write_frame(&mut hello, KIND_HELLO, &payload)
+                .await
+                .expect("frame");
+            let mut append = heartbeat(1, 2);
+            append.set_msg_type(MessageType::MsgAppend);
+            let entry = raft::eraftpb::Entry {
+                data: b"some entry".to_vec().into(),
+                ..Default::default()
+            };
+            append.entries = vec![entry.clone(), entry].into();
+            let mut snap = heartbeat(1, 2);
+            snap.set_msg_type(MessageType::MsgSnapshot);
+            snap.mut_snapshot().data = vec![7u8; 3000].into();
+            snap.mut_snapshot().mut_metadata().index = 5;
+            snap.mut_snapshot().mut_metadata().mut_conf_state().voters = vec![1, 2, 3];
+            let mut stream = Vec::new();
+            for m in [heartbeat(1, 2), append, snap] {
+                write_message(&mut stream, &m).await.expect("message");
+            }
+            let mut members = Vec::new();
+            write_frame(&mut members, KIND_MEMBERS_REQUEST, &[])
+                .await
+                .expect("frame");
+            let mut both = hello.clone();
+            both.extend_from_slice(&stream);
+            vec![hello, stream, both, members]
+        })
+    }
+
+    /// Whatever bytes a peer sends, decoding them ends in messages, a clean end or an error:
+    /// never a panic, a hang or a message addressed to someone else.
+    #[test]
+    fn fuzz_peer_frames() {
+        use proptest::prelude::*;
+        let corpus = crate::fuzzing::corpus("peer", peer_seeds());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("rt");
+        proptest!(crate::fuzzing::config(), |(input in crate::fuzzing::inputs(corpus))| {
+            rt.block_on(async {
+                let mut r: &[u8] = &input;
+                // The first frame as a listener reads it: a hello or a members request.
+                if let Ok((kind, payload)) = read_frame(&mut r).await {
+                    match kind {
+                        KIND_HELLO => drop(Hello::decode(&payload)),
+                        KIND_MEMBERS_RESPONSE => drop(MembersList::decode(&payload)),
+                        _ => {}
+                    }
+                }
+                let mut delivered = 0;
+                let mut whole: &[u8] = &input;
+                let done = tokio::time::timeout(
+                    Duration::from_secs(5),
+                    read_messages(&mut whole, NodeId(1), NodeId(2), |m| {
+                        assert_eq!((m.from, m.to), (1, 2));
+                        delivered += 1;
+                        true
+                    }),
+                )
+                .await;
+                assert!(done.is_ok(), "decoding {} bytes hung", input.len());
+            });
+        });
     }
 }

@@ -52,12 +52,44 @@ fn python_etcd3_client_works_against_a_cluster() {
         }
     };
     let c = Cluster::start(3);
-    let endpoints: Vec<String> = c.members.iter().map(|m| m.endpoint()).collect();
+    run_script(&python, &c, &[]);
+}
+
+/// The same client over TLS with a client certificate (etcd3's `ca_cert`, `cert_cert`,
+/// `cert_key`), against members that require one: KV, leases (kept alive through any
+/// member), watches and the cluster calls.
+#[test]
+fn python_etcd3_client_works_over_tls() {
+    let python = match python_with_etcd3() {
+        Ok(p) => p,
+        Err(why) => {
+            println!("SKIPPED python-etcd3 TLS compatibility: {why} (run ci/setup.sh)");
+            return;
+        }
+    };
+    let c = Cluster::start_tls(3, &[]);
+    let tls = c.tls.as_ref().expect("tls");
+    let env = [
+        ("ETCD3_CA", tls.pki.ca.display().to_string()),
+        ("ETCD3_CERT", tls.client.cert.display().to_string()),
+        ("ETCD3_KEY", tls.client.key.display().to_string()),
+        ("ETCD3_STEPS", "kv,txn,lease,watch,cluster".to_string()),
+    ];
+    run_script(&python, &c, &env);
+}
+
+fn run_script(python: &std::path::Path, c: &Cluster, env: &[(&str, String)]) {
+    let endpoints: Vec<String> = c
+        .members
+        .iter()
+        .map(|m| format!("127.0.0.1:{}", m.client_port))
+        .collect();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/etcd3_client.py");
     let log = c.dir.path().join("etcd3_client.log");
-    let mut child = Command::new(&python)
+    let mut child = Command::new(python)
         .arg(script)
         .args(&endpoints)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .env("PYTHONUNBUFFERED", "1")
         .stdout(std::fs::File::create(&log).expect("log file"))
         .stderr(Stdio::piped())

@@ -414,7 +414,7 @@ async fn member_main(spec: Arc<Spec>) {
     };
     let shared = handle.shared.clone();
     let members: MembersSource = Arc::new(move || shared.view().members);
-    tokio::spawn(transport::serve(listener, transport, members));
+    tokio::spawn(transport::serve(listener, transport, members, false));
 
     let mut ctx = Ctx::new(handle.clone());
     ctx.bcrypt_cost = 4;

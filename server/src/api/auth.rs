@@ -14,7 +14,7 @@ use strata_engine::EtcdError;
 use tonic::{Request as Req, Response as Resp, Status};
 
 use super::pb::etcdserverpb::auth_server::Auth;
-use super::{status, Ctx};
+use super::{status, Ctx, Tokens};
 use crate::expect_response;
 
 #[derive(Clone, Debug)]
@@ -210,15 +210,33 @@ impl Auth for AuthService {
             if !ok {
                 return Err(status(EtcdError::AuthFailed));
             }
+            // A JWT is minted here once the login commits; a simple token by the engine.
+            let jwt = match &self.ctx.tokens {
+                Tokens::Jwt(jwt) => Some(jwt.clone()),
+                Tokens::Simple => None,
+            };
             let login = InternalAuthenticateRequest {
                 name: msg.name.clone(),
-                simple_token: simple_token(),
+                simple_token: if jwt.is_some() {
+                    String::new()
+                } else {
+                    simple_token()
+                },
                 auth_revision: check.auth_revision,
             };
-            match self.ctx.call_raw(Request::Authenticate(login), &md).await {
-                Err(EtcdError::AuthOldRevision) => continue,
-                Err(e) => return Err(status(e)),
-                Ok(resp) => return expect_response!(resp, Authenticate),
+            match (
+                self.ctx.call_raw(Request::Authenticate(login), &md).await,
+                jwt,
+            ) {
+                (Err(EtcdError::AuthOldRevision), _) => continue,
+                (Err(e), _) => return Err(status(e)),
+                (Ok(strata_engine::request::Response::Authenticate(mut resp)), Some(jwt)) => {
+                    resp.token = jwt
+                        .assign(&msg.name, check.auth_revision)
+                        .map_err(Status::failed_precondition)?;
+                    return Ok(Resp::new(resp));
+                }
+                (Ok(resp), _) => return expect_response!(resp, Authenticate),
             }
         }
         Err(status(EtcdError::AuthOldRevision))

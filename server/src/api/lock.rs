@@ -35,7 +35,7 @@ use tonic::metadata::MetadataMap;
 use tonic::{Request as Req, Response as Resp, Status};
 
 use super::pb::v3lockpb::lock_server::Lock;
-use super::{token, Ctx};
+use super::Ctx;
 use crate::driver::Handle;
 use crate::expect_response;
 
@@ -427,6 +427,7 @@ impl EngineWatch {
         watches: Vec<WatchCreateRequest>,
     ) -> Result<EngineWatch, Status> {
         let handle = ctx.handle.clone();
+        let credential = ctx.credential(md).map_err(super::status)?;
         let (stream, events) = handle.watch_open().map_err(unknown)?;
         let watch = EngineWatch {
             handle,
@@ -439,7 +440,7 @@ impl EngineWatch {
                 .watch_input(Input::WatchCreate {
                     stream,
                     request,
-                    token: token(md),
+                    credential: credential.clone(),
                 })
                 .map_err(unknown)?;
         }

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 
 use strata_engine::proto::etcdserverpb::ResponseHeader;
 use strata_engine::request::{Request, Response};
-use strata_engine::{EtcdError, GrpcCode};
+use strata_engine::{Credential, EtcdError, GrpcCode};
 use tonic::metadata::MetadataMap;
 use tonic::transport::{Channel, Endpoint};
 use tonic::Status;
@@ -42,6 +42,10 @@ pub mod pb {
 /// Metadata key a forwarded request carries, so it is never forwarded twice.
 const FORWARDED: &str = "strata-forwarded";
 
+/// Metadata key the client listener sets to the CN of the verified client certificate when
+/// `--client-cert-auth` is on (and strips from every request, so no client can claim one).
+pub const CERT_USER: &str = "strata-cert-cn";
+
 /// etcd's status for an engine error.
 pub fn status(e: EtcdError) -> Status {
     Status::new(code(e.code()), e.to_string())
@@ -59,13 +63,51 @@ pub fn token(md: &MetadataMap) -> Option<String> {
         .map(str::to_string)
 }
 
+/// The CN the client listener verified, if any (see [`CERT_USER`]).
+fn cert_user(md: &MetadataMap) -> Option<String> {
+    md.get(CERT_USER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|cn| !cn.is_empty())
+        .map(str::to_string)
+}
+
+/// Which tokens this member issues and accepts (`--auth-token`).
+#[derive(Clone, Debug, Default)]
+pub enum Tokens {
+    #[default]
+    Simple,
+    Jwt(Arc<crate::jwt::JwtProvider>),
+}
+
+/// Dials the leader's client URL for forwarded requests: plain, or TLS with this member's
+/// client identity (`crate::tls`); the simulator has only the plain one.
+pub type LeaderDialer = Arc<dyn Fn(&str) -> Result<Channel, String> + Send + Sync>;
+
 /// What every service shares: the driver handle and channels to the current leader.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Ctx {
     pub handle: Handle,
     /// bcrypt cost for new passwords (`--bcrypt-cost`).
     pub bcrypt_cost: u32,
+    pub tokens: Tokens,
+    dial_leader: LeaderDialer,
     channels: Arc<Mutex<HashMap<String, Channel>>>,
+}
+
+impl std::fmt::Debug for Ctx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ctx")
+            .field("member", &self.handle.shared.id)
+            .field("tokens", &self.tokens)
+            .finish()
+    }
+}
+
+/// A plain (non-TLS) lazy channel to `url`.
+pub fn plain_channel(url: &str) -> Result<Channel, String> {
+    Endpoint::from_shared(url.to_string())
+        .map(|e| e.connect_lazy())
+        .map_err(|e| e.to_string())
 }
 
 impl Ctx {
@@ -73,8 +115,34 @@ impl Ctx {
         Ctx {
             handle,
             bcrypt_cost: bcrypt::DEFAULT_COST,
+            tokens: Tokens::Simple,
+            dial_leader: Arc::new(plain_channel),
             channels: Arc::default(),
         }
+    }
+
+    /// Dials the leader with `dialer` (TLS client URLs need this member's client identity).
+    pub fn with_leader_dialer(mut self, dialer: LeaderDialer) -> Ctx {
+        self.dial_leader = dialer;
+        self
+    }
+
+    /// Who sent a request (etcd's `AuthInfoFromCtx`): its token if it carries one (simple, or
+    /// a JWT verified here), else the CN of its verified client certificate.
+    pub fn credential(&self, md: &MetadataMap) -> Result<Option<Credential>, EtcdError> {
+        if let Some(t) = token(md) {
+            return Ok(Some(match &self.tokens {
+                Tokens::Simple => Credential::SimpleToken(t),
+                Tokens::Jwt(jwt) => {
+                    let t = t.strip_prefix("Bearer ").unwrap_or(&t);
+                    jwt.verify(t).unwrap_or(Credential::Rejected)
+                }
+            }));
+        }
+        Ok(cert_user(md).map(|username| Credential::User {
+            username,
+            revision: None,
+        }))
     }
 
     pub async fn call(&self, request: Request, md: &MetadataMap) -> Result<Response, Status> {
@@ -91,7 +159,8 @@ impl Ctx {
         if self.is_learner() && !learner_serves(&request) {
             return Err(EtcdError::NotSupportedForLearner);
         }
-        self.handle.call(request, token(md)).await
+        let credential = self.credential(md)?;
+        self.handle.call(request, credential).await
     }
 
     /// A response header from this member's current view, for answers built here.
@@ -142,9 +211,8 @@ impl Ctx {
         if let Some(ch) = channels.get(&url) {
             return Ok(ch.clone());
         }
-        let endpoint = Endpoint::from_shared(url.clone())
+        let ch = (self.dial_leader)(&url)
             .map_err(|e| Status::unavailable(format!("leader URL {url}: {e}")))?;
-        let ch = endpoint.connect_lazy();
         channels.insert(url, ch.clone());
         Ok(ch)
     }
@@ -159,7 +227,8 @@ fn learner_serves(request: &Request) -> bool {
     }
 }
 
-/// Wraps a message for forwarding: the caller's token travels with it, marked forwarded.
+/// Wraps a message for forwarding: the caller's token travels with it, marked forwarded. A
+/// client certificate's CN does not: the leader sees this member's own certificate.
 pub fn forwarded<T>(msg: T, md: &MetadataMap) -> tonic::Request<T> {
     let mut req = tonic::Request::new(msg);
     if let Some(t) = md.get("token") {

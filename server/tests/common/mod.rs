@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod pki;
+
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
@@ -20,6 +22,8 @@ pub fn runtime() -> tokio_real::runtime::Runtime {
 
 pub struct Member {
     pub name: String,
+    /// `http` or `https` (client and peer URLs alike).
+    pub scheme: &'static str,
     pub client_port: u16,
     pub peer_port: u16,
     pub data_dir: PathBuf,
@@ -28,20 +32,30 @@ pub struct Member {
 }
 
 impl Member {
+    /// The endpoint `etcdctl --endpoints` takes: `host:port`, or the URL with TLS.
     pub fn endpoint(&self) -> String {
-        format!("127.0.0.1:{}", self.client_port)
+        match self.scheme {
+            "https" => self.client_url(),
+            _ => format!("127.0.0.1:{}", self.client_port),
+        }
     }
 
     pub fn client_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        format!("{}://127.0.0.1:{}", self.scheme, self.client_port)
     }
 
     pub fn peer_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.peer_port)
+        format!("{}://127.0.0.1:{}", self.scheme, self.peer_port)
     }
 
     pub fn is_running(&self) -> bool {
         self.child.is_some()
+    }
+
+    /// Adopts a member process a test started with flags of its own.
+    pub fn set_child(&mut self, child: Child) {
+        assert!(self.child.is_none(), "{} is running", self.name);
+        self.child = Some(child);
     }
 }
 
@@ -54,6 +68,78 @@ pub struct Cluster {
     pub token: String,
     /// Flags every member starts with, besides the cluster's own.
     pub extra_args: Vec<String>,
+    /// With TLS: the certificates, and what `etcdctl`/`curl` present.
+    pub tls: Option<Tls>,
+}
+
+/// A TLS cluster's certificates: one CA, one member certificate for every member (client and
+/// peer ports, as kubeadm's), and the client certificate tools use (CN `root`).
+pub struct Tls {
+    pub pki: pki::Pki,
+    pub member: pki::CertFiles,
+    pub client: pki::CertFiles,
+}
+
+impl Tls {
+    pub fn new(dir: &std::path::Path) -> Tls {
+        let pki = pki::Pki::new(&dir.join("pki"), "cluster");
+        let member = pki.member("member", "strata-member");
+        let client = pki.client("root", "root");
+        Tls {
+            pki,
+            member,
+            client,
+        }
+    }
+
+    /// etcd's flags for client and peer TLS with client-certificate auth on both ports.
+    pub fn member_flags(&self) -> Vec<String> {
+        let (ca, cert, key) = (
+            self.pki.ca.display().to_string(),
+            self.member.cert.display().to_string(),
+            self.member.key.display().to_string(),
+        );
+        [
+            "--cert-file",
+            &cert,
+            "--key-file",
+            &key,
+            "--trusted-ca-file",
+            &ca,
+            "--client-cert-auth",
+            "--peer-cert-file",
+            &cert,
+            "--peer-key-file",
+            &key,
+            "--peer-trusted-ca-file",
+            &ca,
+            "--peer-client-cert-auth",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    }
+
+    /// `etcdctl`'s flags presenting `client`.
+    pub fn etcdctl_flags(&self, client: &pki::CertFiles) -> Vec<String> {
+        vec![
+            format!("--cacert={}", self.pki.ca.display()),
+            format!("--cert={}", client.cert.display()),
+            format!("--key={}", client.key.display()),
+        ]
+    }
+
+    /// `curl`'s flags presenting the root client certificate.
+    pub fn curl_flags(&self) -> Vec<String> {
+        vec![
+            "--cacert".into(),
+            self.pki.ca.display().to_string(),
+            "--cert".into(),
+            self.client.cert.display().to_string(),
+            "--key".into(),
+            self.client.key.display().to_string(),
+        ]
+    }
 }
 
 /// A port nobody listens on right now, taken below Linux's ephemeral range (32768+) so the
@@ -87,13 +173,25 @@ impl Cluster {
 
     /// [`Cluster::start`] with extra flags for every member (`--max-request-bytes`, ...).
     pub fn start_with(n: usize, extra_args: &[&str]) -> Cluster {
+        Cluster::start_full(n, extra_args, false)
+    }
+
+    /// `n` members with client and peer TLS and client-certificate auth (see [`Tls`]).
+    pub fn start_tls(n: usize, extra_args: &[&str]) -> Cluster {
+        Cluster::start_full(n, extra_args, true)
+    }
+
+    fn start_full(n: usize, extra_args: &[&str], tls: bool) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
+        let scheme = if tls { "https" } else { "http" };
+        let tls = tls.then(|| Tls::new(dir.path()));
         let members: Vec<Member> = (1..=n)
             .map(|i| {
                 let name = format!("m{i}");
                 Member {
                     data_dir: dir.path().join(&name),
                     log: dir.path().join(format!("{name}.log")),
+                    scheme,
                     name,
                     client_port: free_port(),
                     peer_port: free_port(),
@@ -109,6 +207,7 @@ impl Cluster {
             members,
             token: format!("test-{}", free_port()),
             extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
+            tls,
         };
         for i in 0..n {
             cluster.start_member(i, "new");
@@ -125,6 +224,7 @@ impl Cluster {
             .join(",")
     }
 
+    /// Every running member's client endpoint, as `etcdctl --endpoints` takes them.
     pub fn endpoints(&self) -> String {
         self.members
             .iter()
@@ -145,6 +245,7 @@ impl Cluster {
     /// Starts member `i` with `--initial-cluster-state state`.
     pub fn start_member(&mut self, i: usize, state: &str) {
         let initial = self.initial_cluster();
+        let security = self.tls.as_ref().map(Tls::member_flags).unwrap_or_default();
         let m = &mut self.members[i];
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -162,6 +263,7 @@ impl Cluster {
             .args(["--initial-cluster", &initial])
             .args(["--initial-cluster-token", &self.token])
             .args(["--initial-cluster-state", state])
+            .args(&security)
             .args(&self.extra_args)
             .stdout(Stdio::null())
             .stderr(log)
@@ -173,7 +275,9 @@ impl Cluster {
     /// Adds a not-yet-started member to the test's view (for `etcdctl member add`, whose
     /// peer URL it provides); start it with `start_member(i, "existing")`.
     pub fn new_member(&mut self, name: &str) -> usize {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
         self.members.push(Member {
+            scheme,
             data_dir: self.dir.path().join(name),
             log: self.dir.path().join(format!("{name}.log")),
             name: name.to_string(),
@@ -249,6 +353,7 @@ impl Cluster {
         for m in self.members.iter().filter(|m| m.is_running()) {
             loop {
                 let out = Command::new("curl")
+                    .args(self.tls.as_ref().map(Tls::curl_flags).unwrap_or_default())
                     .args(["-fs", "-m", "2", &format!("{}/health", m.client_url())])
                     .output()
                     .expect("curl");
@@ -285,9 +390,14 @@ impl Cluster {
     }
 
     pub fn etcdctl_at(&self, endpoints: &str, args: &[&str]) -> Output {
+        let security = match &self.tls {
+            Some(tls) => tls.etcdctl_flags(&tls.client),
+            None => Vec::new(),
+        };
         Command::new("etcdctl")
             .env("ETCDCTL_API", "3")
             .arg(format!("--endpoints={endpoints}"))
+            .args(security)
             .arg("--command-timeout=10s")
             .args(args)
             .output()
