@@ -6,13 +6,18 @@
 # against each cluster, alternating which goes first so both share the machine's noise; the
 # report holds the median of each metric, strata/etcd ratios and the members' memory after
 # the load, printed and written as markdown.
-#   bash ci/bench.sh [report.md]      default: $CARGO_TARGET_DIR/bench-report.md
+#   bash ci/bench.sh [--tls] [report.md]      default: $CARGO_TARGET_DIR/bench-report.md
+# --tls: both clusters with client and peer TLS and client-certificate auth on both ports
+# (kubeadm's etcd set-up, certificates from ci/certs.sh), the load generator presenting a
+# client certificate.
 # Knobs (environment): BENCH_REPS (3), BENCH_CONNS (4), BENCH_CLIENTS (16), BENCH_PUT_TOTAL,
 # BENCH_RANGE_TOTAL, BENCH_TXN_TOTAL, BENCH_WATCH_TOTAL, BENCH_LEASE_TOTAL, BENCH_VAL_SIZE (256),
 # BENCH_MAX_SECS (15), BENCH_SNAPSHOT_COUNT, BENCH_KEEP=1 (keep data dirs and logs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/strata/target}"
+tls=false
+if [ "${1:-}" = --tls ]; then tls=true; shift; fi
 report_md="${1:-$CARGO_TARGET_DIR/bench-report.md}"
 
 reps="${BENCH_REPS:-3}"
@@ -69,22 +74,38 @@ for candidate in $(seq 21000 100 31900); do
 done
 [ -n "$base" ] || { echo "ci/bench.sh: no 12 free ports in 21000-31999" >&2; exit 1; }
 
+scheme=http
+security=()
+curl_tls=()
+bench_tls=()
+if $tls; then
+  scheme=https
+  bash ci/certs.sh "$work/certs" root >/dev/null
+  c="$work/certs"
+  security=(--cert-file "$c/member.pem" --key-file "$c/member-key.pem"
+    --trusted-ca-file "$c/ca.pem" --client-cert-auth
+    --peer-cert-file "$c/member.pem" --peer-key-file "$c/member-key.pem"
+    --peer-trusted-ca-file "$c/ca.pem" --peer-client-cert-auth)
+  curl_tls=(--cacert "$c/ca.pem" --cert "$c/client.pem" --key "$c/client-key.pem")
+  bench_tls=(--cacert "$c/ca.pem" --cert "$c/client.pem" --key "$c/client-key.pem")
+fi
+
 # start_cluster SYSTEM BINARY FIRST_PORT: members SYSTEM1..3, client ports FIRST_PORT+0,2,4,
 # peer ports +1,3,5. Appends the pids to `pids`, one per member, in member order.
 start_cluster() {
   local system=$1 binary=$2 first=$3 cluster="" i
   for i in 1 2 3; do
-    cluster+="${cluster:+,}$system$i=http://127.0.0.1:$((first + 2 * i - 1))"
+    cluster+="${cluster:+,}$system$i=$scheme://127.0.0.1:$((first + 2 * i - 1))"
   done
   for i in 1 2 3; do
     local c=$((first + 2 * i - 2)) p=$((first + 2 * i - 1))
     local flags=(
       --name "$system$i" --data-dir "$work/$system$i"
-      --listen-client-urls "http://127.0.0.1:$c" --advertise-client-urls "http://127.0.0.1:$c"
-      --listen-peer-urls "http://127.0.0.1:$p" --initial-advertise-peer-urls "http://127.0.0.1:$p"
+      --listen-client-urls "$scheme://127.0.0.1:$c" --advertise-client-urls "$scheme://127.0.0.1:$c"
+      --listen-peer-urls "$scheme://127.0.0.1:$p" --initial-advertise-peer-urls "$scheme://127.0.0.1:$p"
       --initial-cluster-token "bench-$system" --initial-cluster "$cluster"
       --initial-cluster-state new --quota-backend-bytes "$quota"
-      --logger zap --log-outputs "$work/$system$i.log"
+      --logger zap --log-outputs "$work/$system$i.log" "${security[@]}"
     )
     [ -n "${BENCH_SNAPSHOT_COUNT:-}" ] && flags+=(--snapshot-count "$BENCH_SNAPSHOT_COUNT")
     "$binary" "${flags[@]}" 2>>"$work/$system$i.stderr" &
@@ -93,7 +114,9 @@ start_cluster() {
 }
 
 endpoints_of() { # FIRST_PORT
-  echo "127.0.0.1:$1,127.0.0.1:$(($1 + 2)),127.0.0.1:$(($1 + 4))"
+  local p=""
+  $tls && p="https://"
+  echo "${p}127.0.0.1:$1,${p}127.0.0.1:$(($1 + 2)),${p}127.0.0.1:$(($1 + 4))"
 }
 
 wait_healthy() { # SYSTEM FIRST_PORT
@@ -102,7 +125,7 @@ wait_healthy() { # SYSTEM FIRST_PORT
     local healthy=0
     for i in 0 1 2; do
       c=$(($2 + 2 * i))
-      curl -fs "http://127.0.0.1:$c/health" 2>/dev/null | grep -q '"health":"true"' &&
+      curl -fs "${curl_tls[@]}" "$scheme://127.0.0.1:$c/health" 2>/dev/null | grep -q '"health":"true"' &&
         healthy=$((healthy + 1))
     done
     [ "$healthy" = 3 ] && return 0
@@ -136,7 +159,7 @@ run_one() { # SYSTEM REP NAME TOTAL ARGS...
   [ "$system" = etcd ] && port=$etcd_port || port=$strata_port
   if "$bench" --endpoints "$(endpoints_of "$port")" --conns "$conns" --clients "$clients" \
     --total "$total" --max-secs "$max_secs" --key-size "$key_size" --val-size "$val_size" \
-    --json --label "$system" --rep "$rep" "$@" >>"$results" 2>>"$work/bench.stderr"; then
+    --json --label "$system" --rep "$rep" "${bench_tls[@]}" "$@" >>"$results" 2>>"$work/bench.stderr"; then
     tail -n 1 "$results" | sed 's/^/  /'
   else
     failed+=("$system $name rep $rep")
@@ -167,6 +190,7 @@ mkdir -p "$(dirname "$report_md")"
 {
   echo "Side-by-side on $(date -u +%Y-%m-%d), $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')),"
   echo "etcd $(/usr/bin/etcd --version | head -1 | awk '{print $3}') vs strata $(git rev-parse --short HEAD);"
+  $tls && echo "client and peer TLS with client-certificate auth on both ports (ci/certs.sh, ECDSA P-256),"
   echo "3 members each on loopback, $clients clients over $conns connections, key $key_size B,"
   echo "value $val_size B; medians of $reps runs each, a run capped at $max_secs s;"
   echo "\`bash ci/bench.sh\` took ${elapsed} s."

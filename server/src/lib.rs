@@ -1,7 +1,8 @@
 //! The Strata node: the driver that runs the engine ([`driver`]) and its bounded watch queues
 //! ([`watch_queue`]), storage ([`storage`]), the peer transport ([`transport`]), etcd's gRPC
 //! services ([`api`]), the client port with the HTTP/JSON endpoints ([`http`]) and etcd's JSON
-//! gateway ([`gateway`]), the command line ([`config`]) and member start-up ([`server`]).
+//! gateway ([`gateway`]), TLS on both ports ([`tls`]), JWT auth tokens ([`jwt`]), systemd
+//! readiness ([`notify`]), the command line ([`config`]) and member start-up ([`server`]).
 
 pub mod api;
 pub mod clock;
@@ -15,6 +16,8 @@ pub mod gateway;
 pub mod http;
 pub mod jwt;
 pub mod metrics;
+#[cfg(not(madsim))]
+pub mod notify;
 #[cfg(not(madsim))]
 pub mod restore;
 #[cfg(not(madsim))]

@@ -122,6 +122,7 @@ fn run_member(flags: strata_server::config::MemberFlags) -> ExitCode {
                 };
             }
         }
+        strata_server::notify::notify("STOPPING=1");
         let _ = stop_tx.send(true);
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), stopped).await;
         ExitCode::SUCCESS

@@ -1,6 +1,9 @@
-//! Starting a production member: open (or create) the data dir, decide who this member is
-//! (bootstrap a new cluster, join an existing one, or restart), start the peer transport, the
-//! driver, the client listeners and the auto-compactor, and stop them all on shutdown.
+//! Starting a production member: check the certificates and token keys (before the data dir
+//! is touched), open (or create) the data dir, decide who this member is (bootstrap a new
+//! cluster, join an existing one, or restart), start the peer transport, the driver, the
+//! client listeners and the auto-compactor, and stop them all on shutdown. Client listeners
+//! are bound at once but answer only after this member's attributes are committed (etcd's
+//! publish, then "ready to serve client requests" and systemd's `READY=1`).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -380,6 +383,7 @@ async fn publish_then_serve(
         ));
     }
     tracing::info!("ready to serve client requests");
+    crate::notify::notify("READY=1");
 }
 
 /// etcd's auto-compaction, run by every member against the leader's revision (compactions

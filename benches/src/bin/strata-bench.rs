@@ -70,6 +70,15 @@ struct RunFlags {
     /// The repetition number, recorded in the JSON line.
     #[arg(long, global = true)]
     rep: Option<u32>,
+    /// CA that signed the members' certificates (TLS; etcd benchmark's flag).
+    #[arg(long, global = true)]
+    cacert: Option<std::path::PathBuf>,
+    /// Client certificate presented to the members (TLS).
+    #[arg(long, global = true)]
+    cert: Option<std::path::PathBuf>,
+    /// Key of `--cert`.
+    #[arg(long, global = true)]
+    key: Option<std::path::PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -188,6 +197,14 @@ fn measure(flags: &RunFlags, command: Command) -> Result<(), String> {
         key_size: flags.key_size,
         val_size: flags.val_size,
         max_duration: flags.max_secs.map(Duration::from_secs_f64),
+        tls: match (&flags.cacert, &flags.cert, &flags.key) {
+            (None, None, None) => None,
+            (Some(ca), cert, key) => Some(strata_bench::load::workload::TlsFiles {
+                ca: ca.clone(),
+                identity: cert.clone().zip(key.clone()),
+            }),
+            _ => return Err("--cert and --key need --cacert".into()),
+        },
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

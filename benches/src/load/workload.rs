@@ -44,6 +44,28 @@ pub struct Config {
     pub val_size: usize,
     /// Stop handing out tickets after this long, even if fewer than `total` ran.
     pub max_duration: Option<Duration>,
+    /// TLS to the members (`https://` endpoints).
+    pub tls: Option<TlsFiles>,
+}
+
+/// The CA the members' certificates chain to, and the client certificate and key, if any.
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    pub ca: std::path::PathBuf,
+    pub identity: Option<(std::path::PathBuf, std::path::PathBuf)>,
+}
+
+impl TlsFiles {
+    fn options(&self) -> Result<etcd_client::TlsOptions, String> {
+        let read =
+            |p: &std::path::Path| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
+        let mut tls = etcd_client::TlsOptions::new()
+            .ca_certificate(etcd_client::Certificate::from_pem(read(&self.ca)?));
+        if let Some((cert, key)) = &self.identity {
+            tls = tls.identity(etcd_client::Identity::from_pem(read(cert)?, read(key)?));
+        }
+        Ok(tls)
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -169,7 +191,10 @@ async fn connect(config: &Config) -> Result<Vec<Client>, String> {
     let mut conns = Vec::with_capacity(config.conns);
     for i in 0..config.conns {
         let endpoint = &config.endpoints[i % config.endpoints.len()];
-        let options = ConnectOptions::new().with_connect_timeout(CONNECT_TIMEOUT);
+        let mut options = ConnectOptions::new().with_connect_timeout(CONNECT_TIMEOUT);
+        if let Some(tls) = &config.tls {
+            options = options.with_tls(tls.options()?);
+        }
         let client = within(
             &format!("cannot connect to {endpoint} (see --endpoints)"),
             Client::connect([endpoint], Some(options)),
