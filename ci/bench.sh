@@ -153,13 +153,33 @@ echo "strata $(git rev-parse --short HEAD) on $(endpoints_of "$strata_port")"
 
 results="$work/results.jsonl"
 failed=()
+clk_tck=$(getconf CLK_TCK)
+cpu_ticks() { # SYSTEM: user+system CPU ticks of its three members so far (/proc/PID/stat)
+  local first=0 total=0 pid f
+  [ "$1" = strata ] && first=3
+  for pid in "${pids[@]:$first:3}"; do
+    # Fields after "pid (comm) ": state is the 1st, utime the 12th, stime the 13th.
+    read -r -a f < <(sed 's/^.*) //' "/proc/$pid/stat")
+    total=$((total + f[11] + f[12]))
+  done
+  echo "$total"
+}
 run_one() { # SYSTEM REP NAME TOTAL ARGS...
-  local system=$1 rep=$2 name=$3 total=$4 port
+  local system=$1 rep=$2 name=$3 total=$4 port before after line ok
   shift 4
   [ "$system" = etcd ] && port=$etcd_port || port=$strata_port
+  before=$(cpu_ticks "$system")
   if "$bench" --endpoints "$(endpoints_of "$port")" --conns "$conns" --clients "$clients" \
     --total "$total" --max-secs "$max_secs" --key-size "$key_size" --val-size "$val_size" \
     --json --label "$system" --rep "$rep" "${bench_tls[@]}" "$@" >>"$results" 2>>"$work/bench.stderr"; then
+    after=$(cpu_ticks "$system")
+    line=$(tail -n 1 "$results")
+    ok=$(sed -n 's/.*"ok":\([0-9]*\).*/\1/p' <<<"$line")
+    if [ "${ok:-0}" -gt 0 ]; then
+      sed -i '$ d' "$results"
+      awk -v l="$line" -v t=$((after - before)) -v hz="$clk_tck" -v n="$ok" \
+        'BEGIN { sub(/}$/, "", l); printf "%s,\"server_cpu_us_per_op\":%.1f}\n", l, t * 1e6 / hz / n }' >>"$results"
+    fi
     tail -n 1 "$results" | sed 's/^/  /'
   else
     failed+=("$system $name rep $rep")

@@ -38,6 +38,12 @@ if ! rustup run 1.95.0 rustc --version >/dev/null 2>&1; then
   rustup toolchain install 1.95.0 --component rustfmt clippy
 fi
 
+# cargo-audit, for ci/advisories.sh (the advisory check of Cargo.lock). Built once per machine.
+if ! cargo audit --version 2>/dev/null | grep -q ' 0\.22\.2$'; then
+  echo "ci/setup.sh: installing cargo-audit 0.22.2"
+  cargo install cargo-audit --locked --version 0.22.2 --quiet
+fi
+
 # python-etcd3 0.12 (its last release): its generated code needs protobuf 3.x, and its Lock
 # hands tenacity an old-style wait(attempt, delay) callback that only tenacity < 7 adapts
 # (with 7+ any contended lock raises TypeError). Every version pinned, so CI tests one client.

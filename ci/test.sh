@@ -14,6 +14,8 @@ echo "== fmt"
 cargo fmt --all -- --check
 echo "== engine dependency boundary"
 bash ci/check-engine-deps.sh
+echo "== advisories (cargo-audit, accepted ones in .cargo/audit.toml)"
+bash ci/advisories.sh
 echo "== clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== tests"

@@ -504,8 +504,8 @@ fn pair(
 struct PortFlags<'a> {
     /// `client` or `peer`, for messages.
     port: &'a str,
-    /// Flag names: (cert, key), (dial cert, dial key), CA, cert auth.
-    names: [&'a str; 6],
+    /// Flag names, for messages: cert, key, trusted CA, cert auth.
+    names: [&'a str; 4],
     serve: Option<(PathBuf, PathBuf)>,
     dial: Option<(PathBuf, PathBuf)>,
     trusted_ca_file: Option<PathBuf>,
@@ -516,15 +516,15 @@ struct PortFlags<'a> {
 }
 
 impl PortFlags<'_> {
-    /// etcd's checks for one port: https URLs need a certificate (or auto TLS); a certificate
-    /// with only http URLs is ignored with a warning by etcd, and here an error would break
-    /// deployments that pass certs everywhere, so it is reported at start instead.
+    /// etcd's checks for one port: `https://` URLs need a certificate (or auto TLS), and
+    /// certificate auth needs a CA. Certificates given with only `http://` URLs are ignored,
+    /// as etcd ignores them.
     fn validate(
         self,
         urls: &[&String],
         data_dir_fixtures: &std::path::Path,
     ) -> Result<Option<TlsInfo>, String> {
-        let [cert_flag, key_flag, _, _, ca_flag, auth_flag] = self.names;
+        let [cert_flag, key_flag, ca_flag, auth_flag] = self.names;
         let https: Vec<&&String> = urls.iter().filter(|u| u.starts_with("https://")).collect();
         if self.cert_auth && self.trusted_ca_file.is_none() && !self.auto {
             return Err(format!(
@@ -580,8 +580,6 @@ impl TlsFlags {
             names: [
                 "cert-file",
                 "key-file",
-                "client-cert-file",
-                "client-key-file",
                 "trusted-ca-file",
                 "client-cert-auth",
             ],
@@ -604,8 +602,6 @@ impl TlsFlags {
             names: [
                 "peer-cert-file",
                 "peer-key-file",
-                "peer-client-cert-file",
-                "peer-client-key-file",
                 "peer-trusted-ca-file",
                 "peer-client-cert-auth",
             ],
@@ -1030,5 +1026,119 @@ mod tests {
             parse_auto_compaction("revision", "1000"),
             Ok(AutoCompaction::Revision(1000))
         );
+    }
+
+    #[test]
+    fn security_flags_parse_as_etcds() {
+        let tls = [
+            "--listen-client-urls",
+            "https://127.0.0.1:2379",
+            "--advertise-client-urls",
+            "https://127.0.0.1:2379",
+            "--cert-file",
+            "c.pem",
+            "--key-file",
+            "k.pem",
+            "--trusted-ca-file",
+            "ca.pem",
+        ];
+        // Go's boolean forms.
+        for form in ["--client-cert-auth", "--client-cert-auth=true"] {
+            let mut args = tls.to_vec();
+            args.push(form);
+            let c = flags(&args).expect("valid");
+            let client = c.security.client.expect("client TLS");
+            assert!(client.cert_auth, "{form}");
+            assert_eq!(client.dial_cert_file, PathBuf::from("c.pem"));
+        }
+        let mut args = tls.to_vec();
+        args.push("--client-cert-auth=false");
+        assert!(!flags(&args).unwrap().security.client.unwrap().cert_auth);
+        // http URLs: certificates are ignored, as etcd ignores them.
+        let c = flags(&["--cert-file", "c.pem", "--key-file", "k.pem"]).expect("valid");
+        assert_eq!(c.security.client, None);
+        // https without certificates, or a lone certificate, or cert auth without a CA.
+        let e = flags(&tls[..4]).expect_err("no certs");
+        assert!(
+            e.contains("--cert-file, --key-file") && e.contains("HTTPS"),
+            "{e}"
+        );
+        let e = flags(&tls[..6]).expect_err("no key");
+        assert!(e.contains("--key-file"), "{e}");
+        let e = flags(&[&tls[..8], &["--client-cert-auth"][..]].concat()).expect_err("no CA");
+        assert!(e.contains("--trusted-ca-file"), "{e}");
+        // --auto-tls fills in the data dir's fixtures.
+        let c = flags(&[&tls[..4], &["--auto-tls", "--data-dir", "d"][..]].concat()).unwrap();
+        let client = c.security.client.expect("auto TLS");
+        assert!(client.self_signed);
+        assert_eq!(
+            client.cert_file,
+            PathBuf::from("d/fixtures/client/cert.pem")
+        );
+    }
+
+    #[test]
+    fn tls_versions_and_suites_are_checked() {
+        let base = ["--cert-file", "c", "--key-file", "k"];
+        let with = |extra: &[&str]| flags(&[&base[..], extra].concat());
+        assert!(
+            with(&["--tls-min-version", "TLS1.3"])
+                .unwrap()
+                .security
+                .policy
+                .min_tls13
+        );
+        let e = with(&["--tls-min-version", "TLS1.1"]).unwrap_err();
+        assert!(e.contains("TLS1.1") && e.contains("TLS1.2, TLS1.3"), "{e}");
+        let e = with(&["--tls-min-version", "TLS1.3", "--tls-max-version", "TLS1.2"]).unwrap_err();
+        assert!(e.contains("above"), "{e}");
+        let ok = with(&["--cipher-suites", "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305"]).unwrap();
+        assert_eq!(
+            ok.security.policy.cipher_suites,
+            Some(vec![
+                "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256".to_string()
+            ])
+        );
+        let e = with(&["--cipher-suites", "TLS_RSA_WITH_AES_128_CBC_SHA"]).unwrap_err();
+        assert!(e.contains("unsupported cipher suite"), "{e}");
+        let e = with(&[
+            "--tls-min-version",
+            "TLS1.3",
+            "--cipher-suites",
+            CIPHER_SUITES[0],
+        ])
+        .unwrap_err();
+        assert!(e.contains("only TLS1.3"), "{e}");
+    }
+
+    #[test]
+    fn auth_token_options_parse_as_etcds() {
+        assert_eq!(parse_auth_token("simple"), Ok(AuthTokenKind::Simple));
+        let jwt = parse_auth_token("jwt,pub-key=p.pem,priv-key=k.pem,sign-method=RS256,ttl=10m")
+            .expect("valid");
+        assert_eq!(
+            jwt,
+            AuthTokenKind::Jwt(JwtOptions {
+                sign_method: "RS256".into(),
+                pub_key: Some("p.pem".into()),
+                priv_key: Some("k.pem".into()),
+                ttl: Duration::from_secs(600),
+            })
+        );
+        for (bad, want) in [
+            ("jwt,pub-key=p.pem", "sign-method"),
+            ("jwt,sign-method=RS256", "pub-key"),
+            ("jwt,sign-method=HS256", "priv-key"),
+            ("jwt,sign-method=ES512,pub-key=p", "unsupported sign-method"),
+            (
+                "jwt,sign-method=RS256,pub-key=p,color=red",
+                "unknown jwt option",
+            ),
+            ("jwt,sign-method=RS256,pub-key=p,ttl=soon", "invalid ttl"),
+            ("oauth", "unknown token type"),
+        ] {
+            let e = parse_auth_token(bad).expect_err(bad);
+            assert!(e.contains(want), "{bad}: {e}");
+        }
     }
 }

@@ -15,6 +15,8 @@ pub mod gateway;
 #[cfg(not(madsim))]
 pub mod http;
 pub mod jwt;
+#[cfg(not(madsim))]
+pub mod logging;
 pub mod metrics;
 #[cfg(not(madsim))]
 pub mod notify;

@@ -14,8 +14,7 @@ fn init_logging(cfg: &MemberConfig) -> Result<(), String> {
     let filter = EnvFilter::try_from_env("STRATA_LOG")
         .unwrap_or_else(|_| EnvFilter::new(format!("{level},h2=warn,hyper=warn,tower=warn")));
     let builder = tracing_subscriber::fmt()
-        .json()
-        .with_current_span(false)
+        .event_format(strata_server::logging::Zap)
         .with_env_filter(filter);
     match cfg.log_outputs.first().map(String::as_str) {
         None | Some("default") | Some("stderr") => builder.with_writer(std::io::stderr).init(),

@@ -55,6 +55,27 @@ pub type PeerTls = crate::tls::PortTls;
 #[derive(Debug)]
 pub enum PeerTls {}
 
+/// Refused peer handshakes, logged at most once a second ([`crate::tls::HandshakeLog`]).
+#[cfg(not(madsim))]
+type RefusedLog = crate::tls::HandshakeLog;
+
+/// No handshake is ever refused in simulation (no TLS).
+#[cfg(madsim)]
+#[derive(Debug, Default)]
+struct RefusedLog;
+
+#[cfg(madsim)]
+impl RefusedLog {
+    fn refused(&self, _port: (), remote: std::net::SocketAddr, error: &dyn std::fmt::Display) {
+        tracing::warn!(%remote, %error, "rejected peer connection");
+    }
+}
+
+#[cfg(not(madsim))]
+const PEER_PORT: crate::tls::Port = crate::tls::Port::Peer;
+#[cfg(madsim)]
+const PEER_PORT: () = ();
+
 /// A peer stream: plain TCP, or TLS over it.
 pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
@@ -507,6 +528,7 @@ pub async fn serve(
     secure: bool,
 ) {
     let tls = if secure { transport.tls() } else { None };
+    let refused = Arc::new(RefusedLog::default());
     loop {
         let (stream, addr) = match listener.accept().await {
             Ok(x) => x,
@@ -518,13 +540,13 @@ pub async fn serve(
         };
         let transport = transport.clone();
         let members = members.clone();
-        let tls = tls.clone();
+        let (tls, refused) = (tls.clone(), refused.clone());
         tokio::spawn(async move {
             let _ = stream.set_nodelay(true);
             let stream = match secure_accept(tls.as_deref(), stream).await {
                 Ok(s) => s,
                 Err(e) => {
-                    tracing::warn!(%addr, error = %e, "rejected peer connection: TLS handshake failed");
+                    refused.refused(PEER_PORT, addr, &e);
                     return;
                 }
             };

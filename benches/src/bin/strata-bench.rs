@@ -223,6 +223,7 @@ fn measure(flags: &RunFlags, command: Command) -> Result<(), String> {
             conns: config.conns,
             total: config.total,
             summary: measurement.summary,
+            server_cpu_us_per_op: None,
         };
         println!(
             "{}",

@@ -25,6 +25,10 @@ pub struct Record {
     pub total: u64,
     #[serde(flatten)]
     pub summary: Summary,
+    /// User + system CPU of the system's members over the run (setup included), per
+    /// successful operation, in µs; `ci/bench.sh` adds it from `/proc/PID/stat`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_cpu_us_per_op: Option<f64>,
 }
 
 /// Resident memory of one member after the load.
@@ -116,9 +120,23 @@ pub fn markdown(records: &[Record], rss: &[RssSample], baseline: &str, candidate
         out,
         "| workload | {baseline} ops/s | {candidate} ops/s | {candidate}/{baseline} ops/s \
          | {baseline} p99 ms | {candidate} p99 ms | {candidate}/{baseline} p99 \
+         | {baseline} CPU µs/op | {candidate} CPU µs/op | {candidate}/{baseline} CPU/op \
          | errors {baseline} / {candidate} | runs |"
     );
-    out.push_str("|---|--:|--:|--:|--:|--:|--:|--:|--:|\n");
+    out.push_str("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n");
+    let cpu = |workload: &str, system: &str| -> Option<f64> {
+        let mut v: Vec<f64> = records
+            .iter()
+            .filter(|r| r.workload == workload && r.system == system)
+            .filter_map(|r| r.server_cpu_us_per_op)
+            .collect();
+        v.sort_by(f64::total_cmp);
+        match v.len() {
+            0 => None,
+            n if n % 2 == 1 => Some(v[n / 2]),
+            n => Some((v[n / 2 - 1] + v[n / 2]) / 2.0),
+        }
+    };
     for &workload in &workloads {
         let (b_runs, c_runs) = (runs(workload, baseline), runs(workload, candidate));
         let (b, c) = (median(&b_runs), median(&c_runs));
@@ -126,7 +144,7 @@ pub fn markdown(records: &[Record], rss: &[RssSample], baseline: &str, candidate
             |s: &Option<Summary>, f: fn(&Summary) -> String| s.as_ref().map_or("–".into(), f);
         let _ = writeln!(
             out,
-            "| {workload} | {} | {} | {} | {} | {} | {} | {} / {} | {} / {} |",
+            "| {workload} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} / {} | {} / {} |",
             cell(&b, |s| format!("{:.0}", s.ops_per_sec)),
             cell(&c, |s| format!("{:.0}", s.ops_per_sec)),
             ratio(
@@ -136,6 +154,9 @@ pub fn markdown(records: &[Record], rss: &[RssSample], baseline: &str, candidate
             cell(&b, |s| ms(s.p99_ms)),
             cell(&c, |s| ms(s.p99_ms)),
             ratio(b.as_ref().map(|s| s.p99_ms), c.as_ref().map(|s| s.p99_ms)),
+            cpu(workload, baseline).map_or("–".into(), |v| format!("{v:.0}")),
+            cpu(workload, candidate).map_or("–".into(), |v| format!("{v:.0}")),
+            ratio(cpu(workload, baseline), cpu(workload, candidate)),
             cell(&b, |s| s.errors.to_string()),
             cell(&c, |s| s.errors.to_string()),
             b_runs.len(),
@@ -233,6 +254,7 @@ mod tests {
                 p99_ms,
                 max_ms: p99_ms * 2.0,
             },
+            server_cpu_us_per_op: Some(1e6 / ops_per_sec),
         }
     }
 
@@ -280,11 +302,15 @@ mod tests {
         let rss = parse_rss("etcd e1 20480\nstrata s1 10240\n").unwrap();
         let md = markdown(&records, &rss, "etcd", "strata");
         assert!(
-            md.contains("| put-seq | 2000 | 3000 | 1.50 | 8.00 | 4.00 | 0.50 | 0 / 0 | 1 / 1 |"),
+            md.contains(
+                "| put-seq | 2000 | 3000 | 1.50 | 8.00 | 4.00 | 0.50 | 500 | 333 | 0.67 | 0 / 0 | 1 / 1 |"
+            ),
             "{md}"
         );
         assert!(
-            md.contains("| range-linearizable | 5000 | – | – | 2.00 | – | – | 0 / – | 1 / 0 |"),
+            md.contains(
+                "| range-linearizable | 5000 | – | – | 2.00 | – | – | 200 | – | – | 0 / – | 1 / 0 |"
+            ),
             "{md}"
         );
         assert!(

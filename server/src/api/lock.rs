@@ -427,7 +427,7 @@ impl EngineWatch {
         watches: Vec<WatchCreateRequest>,
     ) -> Result<EngineWatch, Status> {
         let handle = ctx.handle.clone();
-        let credential = ctx.credential(md).map_err(super::status)?;
+        let credential = ctx.credential(md);
         let (stream, events) = handle.watch_open().map_err(unknown)?;
         let watch = EngineWatch {
             handle,

@@ -129,20 +129,20 @@ impl Ctx {
 
     /// Who sent a request (etcd's `AuthInfoFromCtx`): its token if it carries one (simple, or
     /// a JWT verified here), else the CN of its verified client certificate.
-    pub fn credential(&self, md: &MetadataMap) -> Result<Option<Credential>, EtcdError> {
+    pub fn credential(&self, md: &MetadataMap) -> Option<Credential> {
         if let Some(t) = token(md) {
-            return Ok(Some(match &self.tokens {
+            return Some(match &self.tokens {
                 Tokens::Simple => Credential::SimpleToken(t),
                 Tokens::Jwt(jwt) => {
                     let t = t.strip_prefix("Bearer ").unwrap_or(&t);
                     jwt.verify(t).unwrap_or(Credential::Rejected)
                 }
-            }));
+            });
         }
-        Ok(cert_user(md).map(|username| Credential::User {
+        cert_user(md).map(|username| Credential::User {
             username,
             revision: None,
-        }))
+        })
     }
 
     pub async fn call(&self, request: Request, md: &MetadataMap) -> Result<Response, Status> {
@@ -159,8 +159,7 @@ impl Ctx {
         if self.is_learner() && !learner_serves(&request) {
             return Err(EtcdError::NotSupportedForLearner);
         }
-        let credential = self.credential(md)?;
-        self.handle.call(request, credential).await
+        self.handle.call(request, self.credential(md)).await
     }
 
     /// A response header from this member's current view, for answers built here.

@@ -39,7 +39,7 @@ impl Watch for WatchService {
             return Err(status(strata_engine::EtcdError::NotSupportedForLearner));
         }
         let handle = self.0.handle.clone();
-        let credential = self.0.credential(req.metadata()).map_err(status)?;
+        let credential = self.0.credential(req.metadata());
         let mut inbound = req.into_inner();
         let (stream, events) = handle.watch_open().map_err(status)?;
         // A request the server cannot read (too large, malformed) ends the stream with gRPC's
