@@ -61,11 +61,15 @@ type RefusedLog = crate::tls::HandshakeLog;
 
 /// No handshake is ever refused in simulation (no TLS).
 #[cfg(madsim)]
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct RefusedLog;
 
 #[cfg(madsim)]
 impl RefusedLog {
+    fn new() -> RefusedLog {
+        RefusedLog
+    }
+
     fn refused(&self, _port: (), remote: std::net::SocketAddr, error: &dyn std::fmt::Display) {
         tracing::warn!(%remote, %error, "rejected peer connection");
     }
@@ -104,13 +108,18 @@ async fn connect(url: &str, tls: Option<&PeerTls>) -> std::io::Result<BoxStream>
 #[cfg(not(madsim))]
 async fn secure_dial(tls: &PeerTls, tcp: TcpStream, addr: &str) -> std::io::Result<BoxStream> {
     let name = crate::tls::server_name(addr).map_err(std::io::Error::other)?;
-    let handshake = tls.connector().connect(name, tcp);
-    let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
-        .await
-        .map_err(|_| {
-            std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out")
-        })??;
+    let stream = within_handshake_timeout(tls.connector().connect(name, tcp)).await?;
     Ok(Box::new(stream))
+}
+
+/// A TLS handshake, or `TimedOut` after [`HANDSHAKE_TIMEOUT`].
+#[cfg(not(madsim))]
+async fn within_handshake_timeout<T>(
+    handshake: impl std::future::Future<Output = std::io::Result<T>>,
+) -> std::io::Result<T> {
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out"))?
 }
 
 #[cfg(madsim)]
@@ -124,12 +133,7 @@ async fn secure_accept(tls: Option<&PeerTls>, tcp: TcpStream) -> std::io::Result
     let Some(tls) = tls else {
         return Ok(Box::new(tcp));
     };
-    let handshake = tls.acceptor().accept(tcp);
-    let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake)
-        .await
-        .map_err(|_| {
-            std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out")
-        })??;
+    let stream = within_handshake_timeout(tls.acceptor().accept(tcp)).await?;
     Ok(Box::new(stream))
 }
 
@@ -528,7 +532,7 @@ pub async fn serve(
     secure: bool,
 ) {
     let tls = if secure { transport.tls() } else { None };
-    let refused = Arc::new(RefusedLog::default());
+    let refused = Arc::new(RefusedLog::new());
     loop {
         let (stream, addr) = match listener.accept().await {
             Ok(x) => x,

@@ -420,6 +420,10 @@ pub struct HandshakeLog {
 }
 
 impl HandshakeLog {
+    pub fn new() -> HandshakeLog {
+        HandshakeLog::default()
+    }
+
     pub fn refused(&self, port: Port, remote: std::net::SocketAddr, error: &dyn std::fmt::Display) {
         let mut state = self.state.lock().expect("handshake log lock");
         let now = std::time::Instant::now();

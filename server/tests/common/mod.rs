@@ -51,12 +51,6 @@ impl Member {
     pub fn is_running(&self) -> bool {
         self.child.is_some()
     }
-
-    /// Adopts a member process a test started with flags of its own.
-    pub fn set_child(&mut self, child: Child) {
-        assert!(self.child.is_none(), "{} is running", self.name);
-        self.child = Some(child);
-    }
 }
 
 pub struct Cluster {
@@ -94,10 +88,15 @@ impl Tls {
 
     /// etcd's flags for client and peer TLS with client-certificate auth on both ports.
     pub fn member_flags(&self) -> Vec<String> {
+        Tls::flags_for(&self.pki.ca, &self.member)
+    }
+
+    /// The same flags for a member presenting `cert` and trusting the CA in `ca`.
+    pub fn flags_for(ca: &std::path::Path, cert: &pki::CertFiles) -> Vec<String> {
         let (ca, cert, key) = (
-            self.pki.ca.display().to_string(),
-            self.member.cert.display().to_string(),
-            self.member.key.display().to_string(),
+            ca.display().to_string(),
+            cert.cert.display().to_string(),
+            cert.key.display().to_string(),
         );
         [
             "--cert-file",
@@ -244,8 +243,13 @@ impl Cluster {
 
     /// Starts member `i` with `--initial-cluster-state state`.
     pub fn start_member(&mut self, i: usize, state: &str) {
-        let initial = self.initial_cluster();
         let security = self.tls.as_ref().map(Tls::member_flags).unwrap_or_default();
+        self.start_member_with(i, state, &security);
+    }
+
+    /// [`Cluster::start_member`] with these security flags instead of the cluster's.
+    pub fn start_member_with(&mut self, i: usize, state: &str, security: &[String]) {
+        let initial = self.initial_cluster();
         let m = &mut self.members[i];
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -263,7 +267,7 @@ impl Cluster {
             .args(["--initial-cluster", &initial])
             .args(["--initial-cluster-token", &self.token])
             .args(["--initial-cluster-state", state])
-            .args(&security)
+            .args(security)
             .args(&self.extra_args)
             .stdout(Stdio::null())
             .stderr(log)
