@@ -472,7 +472,8 @@ impl AuthStore {
         self.tokens.clear();
     }
 
-    /// Applies an `Authenticate` entry at `index`: registers and returns the token. An entry
+    /// Applies an `Authenticate` entry at `index`: registers and returns the token (see
+    /// `InternalAuthenticateRequest::certificate` for logins by a client certificate). An entry
     /// with no `simple_token` registers none and answers an empty token: the server mints a
     /// signed token itself (`--auth-token jwt`) once the login has committed.
     pub fn authenticate(
@@ -485,13 +486,17 @@ impl AuthStore {
             return Err(EtcdError::AuthNotEnabled);
         }
         let user = self.users.get(&r.name).ok_or(EtcdError::AuthFailed)?;
-        if user.options.as_ref().is_some_and(|o| o.no_password) {
-            return Err(EtcdError::AuthFailed);
-        }
-        // etcd re-checks the password when the store moved while it was checked; here the
-        // server learns it from this answer and checks again.
-        if r.auth_revision < self.revision {
-            return Err(EtcdError::AuthOldRevision);
+        // A certificate login checked no password: a no-password user (etcd's users for
+        // certificate auth) may log in so, and no password check can be stale.
+        if !r.certificate {
+            if user.options.as_ref().is_some_and(|o| o.no_password) {
+                return Err(EtcdError::AuthFailed);
+            }
+            // etcd re-checks the password when the store moved while it was checked; here
+            // the server learns it from this answer and checks again.
+            if r.auth_revision < self.revision {
+                return Err(EtcdError::AuthOldRevision);
+            }
         }
         if r.simple_token.is_empty() {
             return Ok(String::new());
@@ -1423,6 +1428,7 @@ mod tests {
             name: name.into(),
             simple_token: prefix.into(),
             auth_revision: f.store.revision(),
+            certificate: false,
         };
         let (a, b) = (auth("u", "aaa"), auth("u", "bbb"));
         let token = f.store.authenticate(&a, LogIndex(7), 1_000).unwrap();
@@ -1455,6 +1461,7 @@ mod tests {
                 name: name.into(),
                 simple_token: "t".into(),
                 auth_revision: store.revision(),
+                certificate: false,
             };
             store.authenticate(&r, LogIndex(index), 0).unwrap()
         };
@@ -1474,6 +1481,7 @@ mod tests {
             name: "v".into(),
             simple_token: "t".into(),
             auth_revision: rev,
+            certificate: false,
         };
         assert_eq!(
             f.store.authenticate(&stale, LogIndex(3), 0),
@@ -1512,9 +1520,29 @@ mod tests {
             name: "svc".into(),
             simple_token: "t".into(),
             auth_revision: f.store.revision(),
+            certificate: false,
         };
         assert_eq!(
             f.store.authenticate(&r, LogIndex(1), 0),
+            Err(EtcdError::AuthFailed)
+        );
+        // A client certificate naming the no-password user logs it in, at any revision.
+        let by_cert = InternalAuthenticateRequest {
+            auth_revision: 0,
+            certificate: true,
+            ..r
+        };
+        let token = f.store.authenticate(&by_cert, LogIndex(2), 0).unwrap();
+        assert_eq!(
+            f.store.resolve_token(&token, 0).map(|ai| ai.username),
+            Some("svc".into())
+        );
+        let nobody = InternalAuthenticateRequest {
+            name: "nobody".into(),
+            ..by_cert
+        };
+        assert_eq!(
+            f.store.authenticate(&nobody, LogIndex(3), 0),
             Err(EtcdError::AuthFailed)
         );
         let empty = AuthUserAddRequest {

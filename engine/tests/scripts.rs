@@ -870,6 +870,7 @@ impl Runner {
                 name: user.clone(),
                 simple_token: user.clone(),
                 auth_revision: check.auth_revision,
+                certificate: false,
             });
             match self.c().call(n, req) {
                 Err(EtcdError::AuthOldRevision) => continue,

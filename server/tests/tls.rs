@@ -263,6 +263,40 @@ fn the_certificate_cn_is_the_auth_user() {
         text(&out)
     );
 
+    // Requests only the leader answers, from a client known only by its certificate, sent to
+    // every member: followers forward them to the leader as that user (keep-alive and
+    // time-to-live of alice's own lease, whose key only she and root may see).
+    let grant = etcdctl(&eps, &flags, &["lease", "grant", "60"]);
+    assert!(grant.status.success(), "{}", text(&grant));
+    let lease = String::from_utf8_lossy(&grant.stdout)
+        .split_whitespace()
+        .nth(1)
+        .expect("lease id")
+        .to_string();
+    let out = etcdctl(
+        &eps,
+        &flags,
+        &["put", "/app/leased", "v", &format!("--lease={lease}")],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    for m in &c.members {
+        let ep = m.client_url();
+        let out = etcdctl(&ep, &flags, &["lease", "keep-alive", "--once", &lease]);
+        assert!(
+            out.status.success(),
+            "alice's keep-alive via {}: {}",
+            m.name,
+            text(&out)
+        );
+        let out = etcdctl(&ep, &flags, &["lease", "timetolive", &lease, "--keys"]);
+        assert!(
+            text(&out).contains("attached keys([/app/leased])"),
+            "alice's time-to-live via {}: {}",
+            m.name,
+            text(&out)
+        );
+    }
+
     // A CN naming no user is not a user.
     let nobody = tls.pki.client("nobody", "nobody");
     let out = etcdctl(&eps, &tls.etcdctl_flags(&nobody), &["get", "/app/k"]);

@@ -39,7 +39,7 @@ impl AuthService {
     }
 }
 
-fn simple_token() -> String {
+pub(super) fn simple_token() -> String {
     const LETTERS: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ";
     let mut rng = rand::rng();
     (0..16)
@@ -223,6 +223,7 @@ impl Auth for AuthService {
                     simple_token()
                 },
                 auth_revision: check.auth_revision,
+                certificate: false,
             };
             match (
                 self.ctx.call_raw(Request::Authenticate(login), &md).await,

@@ -9,7 +9,7 @@ use tonic::{Request as Req, Response as Resp, Status};
 
 use super::pb::etcdserverpb::cluster_client::ClusterClient;
 use super::pb::etcdserverpb::cluster_server::Cluster;
-use super::{forwarded, status, Ctx};
+use super::{status, Ctx};
 use crate::expect_response;
 
 #[derive(Clone, Debug)]
@@ -68,7 +68,7 @@ impl Cluster for ClusterService {
             Err(EtcdError::NotLeader) => {
                 let ch = self.0.leader_channel(&md).await?;
                 ClusterClient::new(ch)
-                    .member_promote(forwarded(msg, &md))
+                    .member_promote(self.0.forwarded(msg, &md).await?)
                     .await
             }
             Err(e) => Err(status(e)),

@@ -23,7 +23,7 @@ use tonic::{Request as Req, Response as Resp, Status, Streaming};
 
 use super::pb::etcdserverpb::lease_client::LeaseClient;
 use super::pb::etcdserverpb::lease_server::Lease;
-use super::{forwarded, status, Ctx};
+use super::{status, Ctx};
 use crate::expect_response;
 
 #[derive(Clone, Debug)]
@@ -62,7 +62,7 @@ impl LeaseService {
                         let ch = self.0.leader_channel(md).await?;
                         let (requests, rx) = mpsc::channel(16);
                         let answers = LeaseClient::new(ch)
-                            .lease_keep_alive(forwarded(ReceiverStream::new(rx), md))
+                            .lease_keep_alive(self.0.forwarded(ReceiverStream::new(rx), md).await?)
                             .await?
                             .into_inner();
                         forward.insert(Forward { requests, answers })
@@ -161,7 +161,7 @@ impl Lease for LeaseService {
             Err(EtcdError::NotLeader) => {
                 let ch = self.0.leader_channel(&md).await?;
                 LeaseClient::new(ch)
-                    .lease_time_to_live(forwarded(msg, &md))
+                    .lease_time_to_live(self.0.forwarded(msg, &md).await?)
                     .await
             }
             Err(e) => Err(status(e)),

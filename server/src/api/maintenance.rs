@@ -17,7 +17,7 @@ use tonic::{Request as Req, Response as Resp, Status};
 
 use super::pb::etcdserverpb::maintenance_client::MaintenanceClient;
 use super::pb::etcdserverpb::maintenance_server::Maintenance;
-use super::{forwarded, status, Ctx};
+use super::{status, Ctx};
 use crate::expect_response;
 
 /// Bytes per snapshot message (etcd sends 32 KiB).
@@ -123,7 +123,7 @@ impl Maintenance for MaintenanceService {
             Err(EtcdError::NotLeader) => {
                 let ch = self.0.leader_channel(&md).await?;
                 MaintenanceClient::new(ch)
-                    .move_leader(forwarded(msg, &md))
+                    .move_leader(self.0.forwarded(msg, &md).await?)
                     .await
             }
             Err(e) => Err(status(e)),

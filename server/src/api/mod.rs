@@ -226,16 +226,73 @@ fn learner_serves(request: &Request) -> bool {
     }
 }
 
-/// Wraps a message for forwarding: the caller's token travels with it, marked forwarded. A
-/// client certificate's CN does not: the leader sees this member's own certificate.
-pub fn forwarded<T>(msg: T, md: &MetadataMap) -> tonic::Request<T> {
-    let mut req = tonic::Request::new(msg);
-    if let Some(t) = md.get("token") {
-        req.metadata_mut().insert("token", t.clone());
+impl Ctx {
+    /// Wraps a message for forwarding to the leader, marked forwarded, with the caller's
+    /// credential: its token as sent, or, for a client known only by its certificate's CN,
+    /// a token for that user minted here — the leader sees this member's own certificate, not
+    /// the client's, so the CN cannot travel as it came. (etcd forwards these requests over
+    /// its peer port with no user at all, having checked them on the receiving member; here
+    /// the receiving member has checked them too, and the leader checks them again as that
+    /// user.) While auth is disabled no token is needed and none is minted.
+    pub async fn forwarded<T>(
+        &self,
+        msg: T,
+        md: &MetadataMap,
+    ) -> Result<tonic::Request<T>, Status> {
+        let mut req = tonic::Request::new(msg);
+        let token = match (md.get("token"), cert_user(md)) {
+            (Some(t), _) => Some(t.clone()),
+            (None, Some(user)) => self.certificate_token(&user).await?,
+            (None, None) => None,
+        };
+        if let Some(t) = token {
+            req.metadata_mut().insert("token", t);
+        }
+        req.metadata_mut()
+            .insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
+        Ok(req)
     }
-    req.metadata_mut()
-        .insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
-    req
+
+    /// A token for `user`, whom a verified client certificate names: a JWT signed here, or a
+    /// simple token from a certificate login through raft (`certificate: true`: no password
+    /// was involved). `None` while auth is disabled.
+    async fn certificate_token(
+        &self,
+        user: &str,
+    ) -> Result<Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>, Status> {
+        let status_req = Request::AuthStatus(Default::default());
+        let auth = match self.handle.call(status_req, None).await.map_err(status)? {
+            Response::AuthStatus(a) => a,
+            other => return Err(Status::internal(format!("auth status answered {other:?}"))),
+        };
+        if !auth.enabled {
+            return Ok(None);
+        }
+        let token = match &self.tokens {
+            Tokens::Jwt(jwt) => jwt
+                .assign(user, auth.auth_revision)
+                .map_err(Status::failed_precondition)?,
+            Tokens::Simple => {
+                let login = strata_engine::proto::strata::internal::InternalAuthenticateRequest {
+                    name: user.to_string(),
+                    simple_token: auth::simple_token(),
+                    auth_revision: auth.auth_revision,
+                    certificate: true,
+                };
+                match self.handle.call(Request::Authenticate(login), None).await {
+                    Ok(Response::Authenticate(a)) => a.token,
+                    Ok(other) => {
+                        return Err(Status::internal(format!("authenticate answered {other:?}")))
+                    }
+                    Err(e) => return Err(status(e)),
+                }
+            }
+        };
+        token
+            .parse()
+            .map(Some)
+            .map_err(|_| Status::internal("a minted token is not valid metadata"))
+    }
 }
 
 /// Extracts the expected response variant (the engine answers each request with its own kind).
