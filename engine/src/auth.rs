@@ -81,6 +81,10 @@ const KEY_REVISION: &[u8] = b"revision";
 pub struct AuthInfo {
     pub username: String,
     pub revision: u64,
+    /// The revision is the credential's own (a JWT's signed claims) and is checked as it is;
+    /// otherwise it is the store's when the request arrived, and a read is checked at the
+    /// store's revision when it is served (etcd resolves a simple token then).
+    pub pinned: bool,
 }
 
 /// How a client proved who it is (the sources of etcd's `AuthInfoFromCtx`). The engine
@@ -354,6 +358,7 @@ impl AuthStore {
         Some(AuthInfo {
             username: entry.username.clone(),
             revision: self.revision,
+            pinned: false,
         })
     }
 
@@ -1153,6 +1158,7 @@ mod tests {
             AuthInfo {
                 username: name.into(),
                 revision: self.store.revision(),
+                pinned: false,
             }
         }
 
@@ -1335,6 +1341,7 @@ mod tests {
         let stale = AuthInfo {
             username: "u".into(),
             revision: 6,
+            pinned: true,
         };
         assert_eq!(
             f.store.check_range(Some(&stale), b"k", b""),

@@ -775,6 +775,7 @@ impl<B: KvBackend> Node<B> {
                 return Ok(Sender::Known(Some(AuthInfo {
                     username: username.clone(),
                     revision: revision.unwrap_or(self.sm.auth.revision()),
+                    pinned: revision.is_some(),
                 })));
             }
             Some(Credential::Rejected) => return Err(EtcdError::InvalidAuthToken),
@@ -1670,14 +1671,19 @@ impl<B: KvBackend> Node<B> {
     }
 
     /// Serves a read once its permissions are checked against the auth store as it is now
-    /// (etcd resolves the token when it serves the read, so its revision is the current one).
+    /// (etcd resolves a simple token when it serves the read, so its revision is the current
+    /// one; a JWT's signed revision is checked as it is, so an old one is refused).
     fn serve_checked(
         &self,
         request: &Request,
         sender: Option<AuthInfo>,
     ) -> Result<Response, Error> {
         let ai = sender.map(|ai| AuthInfo {
-            revision: self.sm.auth.revision(),
+            revision: if ai.pinned {
+                ai.revision
+            } else {
+                self.sm.auth.revision()
+            },
             ..ai
         });
         self.sm

@@ -262,6 +262,7 @@ impl<B: KvBackend> StateMachine<B> {
         let authenticated = (req.auth_revision != 0).then_some(AuthInfo {
             username: req.username,
             revision: req.auth_revision,
+            pinned: true,
         });
         let sender = (origin.node.0 != 0).then_some(authenticated);
         let (result, events) = match self.apply_request(request, index, now_ms, sender) {

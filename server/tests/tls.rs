@@ -568,7 +568,7 @@ fn jwt_tokens_work_on_every_member() {
     std::fs::write(&private, key.serialize_pem()).expect("write");
     std::fs::write(&public, key.public_key_pem()).expect("write");
     let flag = format!(
-        "--auth-token=jwt,pub-key={},priv-key={},sign-method=ES256,ttl=3s",
+        "--auth-token=jwt,pub-key={},priv-key={},sign-method=ES256,ttl=6s",
         public.display(),
         private.display()
     );
@@ -618,8 +618,22 @@ fn jwt_tokens_work_on_every_member() {
     let forged = b64.encode(payload.replace("root", "toor"));
     let out = get(&two, &format!("{}.{forged}.{}", parts[0], parts[2]));
     assert!(text(&out).contains("invalid auth token"), "{}", text(&out));
-    // Expired (ttl=3s).
-    std::thread::sleep(Duration::from_secs(4));
+    // Issued before an auth change: refused as etcd refuses it, on reads too.
+    c.ok(&[
+        "--user=root:pw",
+        "user",
+        "add",
+        "bob",
+        "--new-user-password=x",
+    ]);
+    let out = get(&two, &token);
+    assert!(
+        text(&out).contains("revision of auth store is old"),
+        "{}",
+        text(&out)
+    );
+    // Expired (ttl=6s, counted from the login).
+    std::thread::sleep(Duration::from_secs(7));
     let out = get(&two, &token);
     assert!(text(&out).contains("invalid auth token"), "{}", text(&out));
 }
