@@ -61,6 +61,12 @@ fn served_serial(port: u16, tls: &Tls) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+/// `key`'s value as the member at `ep` holds it (a serializable read: no leader needed).
+fn local_value(c: &Cluster, ep: &str, key: &str) -> String {
+    let out = c.etcdctl_at(ep, &["get", key, "--consistency=s", "--print-value-only"]);
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
 /// Waits until `f` holds, up to `secs`.
 fn eventually(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(secs);
@@ -390,13 +396,7 @@ fn a_peer_from_another_ca_cannot_join() {
     eventually(
         30,
         "the joiner serves what was written before it joined",
-        || {
-            let out = c.etcdctl_at(
-                &ep,
-                &["get", "during", "--consistency=s", "--print-value-only"],
-            );
-            String::from_utf8_lossy(&out.stdout).trim() == "9"
-        },
+        || local_value(&c, &ep, "during") == "9",
     );
 
     // A member restarted with its TLS flags rejoins and catches up. (Killing it may cost an
@@ -412,13 +412,7 @@ fn a_peer_from_another_ca_cannot_join() {
     eventually(
         30,
         "the restarted member serves the write it missed",
-        || {
-            let out = c.etcdctl_at(
-                &ep,
-                &["get", "while-down", "--consistency=s", "--print-value-only"],
-            );
-            String::from_utf8_lossy(&out.stdout).trim() == "x"
-        },
+        || local_value(&c, &ep, "while-down") == "x",
     );
 }
 
