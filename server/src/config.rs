@@ -125,9 +125,19 @@ pub struct MemberFlags {
     /// Time (ms) for an election to timeout.
     #[arg(long, env = "ETCD_ELECTION_TIMEOUT", default_value_t = 1000)]
     pub election_timeout: u64,
-    /// Number of committed entries between log compactions (snapshots).
+    /// Number of committed entries between log compactions (snapshots); 0: the default.
     #[arg(long, env = "ETCD_SNAPSHOT_COUNT", default_value_t = 10_000)]
     pub snapshot_count: u64,
+    /// URLs to serve `/metrics` and the health endpoints on, besides the client URLs.
+    #[arg(long, env = "ETCD_LISTEN_METRICS_URLS", default_value = "")]
+    pub listen_metrics_urls: String,
+    /// Duration of periodic watch progress notifications (Go duration, e.g. 5s).
+    #[arg(
+        long,
+        env = "ETCD_EXPERIMENTAL_WATCH_PROGRESS_NOTIFY_INTERVAL",
+        default_value = "10m"
+    )]
+    pub experimental_watch_progress_notify_interval: String,
     /// Raise an alarm when the backend exceeds this many bytes (0: the 2 GiB default).
     #[arg(long, env = "ETCD_QUOTA_BACKEND_BYTES", default_value_t = 0)]
     pub quota_backend_bytes: i64,
@@ -266,6 +276,11 @@ pub struct MemberConfig {
     /// `--wal-dir`, accepted for compatibility and reported as ignored at start.
     pub wal_dir: Option<PathBuf>,
     pub listen_client: Vec<String>,
+    /// `--listen-metrics-urls`: extra listeners serving only `/metrics` and the health
+    /// endpoints.
+    pub listen_metrics: Vec<String>,
+    /// How often a watch created with `progress_notify` gets an empty progress response.
+    pub progress_notify_interval: Duration,
     pub advertise_client_urls: Vec<String>,
     pub listen_peer: Vec<String>,
     pub peer_urls: Vec<String>,
@@ -872,9 +887,22 @@ impl MemberFlags {
                 self.election_timeout
             ));
         }
-        if self.snapshot_count == 0 {
-            return Err("--snapshot-count must be positive".into());
-        }
+        // etcd: 0 means the default.
+        let snapshot_count = match self.snapshot_count {
+            0 => strata_engine::limits::DEFAULT_SNAPSHOT_COUNT,
+            n => n,
+        };
+        let listen_metrics = match self.listen_metrics_urls.trim() {
+            "" => Vec::new(),
+            urls => split_urls("listen-metrics-urls", urls)?,
+        };
+        let progress_notify = parse_duration(&self.experimental_watch_progress_notify_interval)
+            .ok_or_else(|| {
+                format!(
+                    "--experimental-watch-progress-notify-interval: invalid duration {:?} (e.g. 5s)",
+                    self.experimental_watch_progress_notify_interval
+                )
+            })?;
         if self.quota_backend_bytes < 0 {
             return Err("--quota-backend-bytes must not be negative".into());
         }
@@ -903,8 +931,11 @@ impl MemberFlags {
             .data_dir
             .clone()
             .unwrap_or_else(|| PathBuf::from(format!("{}.strata", self.name)));
-        let client_urls: Vec<&String> =
-            listen_client.iter().chain(&advertise_client_urls).collect();
+        let client_urls: Vec<&String> = listen_client
+            .iter()
+            .chain(&advertise_client_urls)
+            .chain(&listen_metrics)
+            .collect();
         let all_peer_urls: Vec<&String> = listen_peer
             .iter()
             .chain(&peer_urls)
@@ -926,7 +957,9 @@ impl MemberFlags {
             join_existing,
             heartbeat_ms: self.heartbeat_interval,
             election_ms: self.election_timeout,
-            snapshot_count: self.snapshot_count,
+            snapshot_count,
+            listen_metrics,
+            progress_notify_interval: progress_notify,
             quota_backend_bytes: self.quota_backend_bytes,
             max_request_bytes: self.max_request_bytes,
             max_txn_ops: self.max_txn_ops,
@@ -1140,5 +1173,30 @@ mod tests {
             let e = parse_auth_token(bad).expect_err(bad);
             assert!(e.contains(want), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn kubeadm_flags_parse_with_etcds_meaning() {
+        // --snapshot-count 0 is etcd's "use the default".
+        let c = flags(&["--snapshot-count", "0"]).expect("valid");
+        assert_eq!(
+            c.snapshot_count,
+            strata_engine::limits::DEFAULT_SNAPSHOT_COUNT
+        );
+        let c = flags(&[
+            "--listen-metrics-urls=http://127.0.0.1:2381",
+            "--experimental-watch-progress-notify-interval=5s",
+        ])
+        .expect("valid");
+        assert_eq!(c.listen_metrics, vec!["http://127.0.0.1:2381"]);
+        assert_eq!(c.progress_notify_interval, Duration::from_secs(5));
+        let c = flags(&[]).expect("defaults");
+        assert!(c.listen_metrics.is_empty());
+        assert_eq!(c.progress_notify_interval, Duration::from_secs(600));
+        let e = flags(&["--experimental-watch-progress-notify-interval", "soon"]).unwrap_err();
+        assert!(e.contains("progress-notify-interval"), "{e}");
+        // An https metrics URL needs the client port's certificates.
+        let e = flags(&["--listen-metrics-urls", "https://127.0.0.1:2381"]).unwrap_err();
+        assert!(e.contains("--cert-file"), "{e}");
     }
 }

@@ -246,6 +246,27 @@ pub async fn serve(
     }
 }
 
+/// Serves one `--listen-metrics-urls` listener until shutdown: `/metrics` and the health
+/// endpoints only, as etcd's metrics listeners do.
+pub async fn serve_metrics(
+    listener: ClientListener,
+    ctx: Ctx,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let app = plain_routes(ctx);
+    let result = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<ClientConn>(),
+    )
+    .with_graceful_shutdown(async move {
+        let _ = shutdown.changed().await;
+    })
+    .await;
+    if let Err(e) = result {
+        tracing::error!(error = %e, "metrics listener failed");
+    }
+}
+
 /// tonic refuses a message over the receive limit with `OUT_OF_RANGE` in its own words; etcd
 /// (grpc-go) answers `RESOURCE_EXHAUSTED` "grpc: received message larger than max (N vs. M)",
 /// and clients match on the code. Rewrites that one status wherever tonic puts it: in the

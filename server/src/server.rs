@@ -62,6 +62,24 @@ async fn bind(url: &str) -> Result<TcpListener, StartError> {
         })
 }
 
+/// Binds a client (or metrics) URL: TLS with the client port's certificates for `https://`.
+async fn client_listener(
+    url: &str,
+    tls: &crate::tls::MemberTls,
+) -> Result<(SocketAddr, crate::http::ClientListener), StartError> {
+    let listener = bind(url).await?;
+    let failed = |e: std::io::Error| StartError::Listen {
+        addr: url.to_string(),
+        reason: e.to_string(),
+    };
+    let addr = listener.local_addr().map_err(failed)?;
+    let secure = url.starts_with("https://");
+    let listener =
+        crate::http::ClientListener::new(listener, if secure { tls.client.clone() } else { None })
+            .map_err(failed)?;
+    Ok((addr, listener))
+}
+
 /// A running member.
 #[derive(Debug)]
 pub struct Member {
@@ -232,6 +250,7 @@ pub async fn start(
             cfg.quota_backend_bytes as u64
         },
         snapshot_count: cfg.snapshot_count,
+        progress_notify_interval_ms: cfg.progress_notify_interval.as_millis() as u64,
         ..Limits::default()
     };
 
@@ -285,21 +304,19 @@ pub async fn start(
     let mut client_addrs = Vec::new();
     let mut listeners = Vec::new();
     for url in &cfg.listen_client {
-        let listener = bind(url).await?;
-        client_addrs.push(listener.local_addr().map_err(|e| StartError::Listen {
-            addr: url.clone(),
-            reason: e.to_string(),
-        })?);
-        let secure = url.starts_with("https://");
-        let listener = crate::http::ClientListener::new(
+        let (addr, listener) = client_listener(url, &tls).await?;
+        client_addrs.push(addr);
+        listeners.push((url.clone(), url.starts_with("https://"), listener));
+    }
+    // Metrics and health answer from the start, as etcd's metrics listeners do.
+    for url in &cfg.listen_metrics {
+        let (_, listener) = client_listener(url, &tls).await?;
+        tracing::info!(address = %url_host_port(url), "serving metrics");
+        tokio::spawn(crate::http::serve_metrics(
             listener,
-            if secure { tls.client.clone() } else { None },
-        )
-        .map_err(|e| StartError::Listen {
-            addr: url.clone(),
-            reason: e.to_string(),
-        })?;
-        listeners.push((url.clone(), secure, listener));
+            ctx.clone(),
+            shutdown.clone(),
+        ));
     }
     tokio::spawn(publish_then_serve(
         handle.clone(),

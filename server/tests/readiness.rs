@@ -1,6 +1,7 @@
 //! Readiness as etcd signals it: under systemd (`Type=notify`, as Debian's `etcd.service`
 //! runs etcd) the member sends `READY=1` to `$NOTIFY_SOCKET` once it serves clients, and
-//! `STOPPING=1` when SIGTERM stops it; its log says "ready to serve client requests".
+//! `STOPPING=1` when SIGTERM stops it; its log says "ready to serve client requests". The
+//! kubeadm manifest's `--listen-metrics-urls` serves `/metrics` and `/health` there.
 
 mod common;
 
@@ -18,7 +19,7 @@ fn a_member_tells_systemd_when_it_is_ready_and_when_it_stops() {
     socket
         .set_read_timeout(Some(Duration::from_secs(30)))
         .expect("timeout");
-    let (client, peer) = (free_port(), free_port());
+    let (client, peer, metrics) = (free_port(), free_port(), free_port());
     let log = dir.path().join("member.log");
     let mut child = Command::new(strata_bin())
         .args(["--name", "n1", "--data-dir"])
@@ -35,6 +36,14 @@ fn a_member_tells_systemd_when_it_is_ready_and_when_it_stops() {
         .args([
             "--initial-advertise-peer-urls",
             &format!("http://127.0.0.1:{peer}"),
+        ])
+        .args([
+            "--listen-metrics-urls",
+            &format!("http://127.0.0.1:{metrics}"),
+        ])
+        .args([
+            "--experimental-watch-progress-notify-interval=5s",
+            "--snapshot-count=0",
         ])
         .env("NOTIFY_SOCKET", &socket_path)
         .stdout(Stdio::null())
@@ -55,6 +64,17 @@ fn a_member_tells_systemd_when_it_is_ready_and_when_it_stops() {
         .output()
         .expect("curl");
     assert!(health.status.success(), "not serving after READY=1");
+    // The metrics listener serves /metrics and /health, and nothing of the client API.
+    let curl = |path: &str| {
+        Command::new("curl")
+            .args(["-s", "-m", "2", "-o", "/dev/null", "-w", "%{http_code}"])
+            .arg(format!("http://127.0.0.1:{metrics}{path}"))
+            .output()
+            .expect("curl")
+    };
+    assert_eq!(String::from_utf8_lossy(&curl("/metrics").stdout), "200");
+    assert_eq!(String::from_utf8_lossy(&curl("/health").stdout), "200");
+    assert_eq!(String::from_utf8_lossy(&curl("/v3/kv/range").stdout), "404");
     let logged = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(
         logged.contains("ready to serve client requests"),
