@@ -223,7 +223,7 @@ pub async fn serve(
     listener: ClientListener,
     ctx: Ctx,
     max_request_bytes: usize,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
     let grpc = grpc_routes(&ctx, max_request_bytes);
     let app = grpc
@@ -233,27 +233,22 @@ pub async fn serve(
         .layer(axum::middleware::from_fn(cert_user_metadata))
         .merge(crate::gateway::router(grpc, max_request_bytes))
         .merge(plain_routes(ctx.clone()));
-    let result = axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<ClientConn>(),
-    )
-    .with_graceful_shutdown(async move {
-        let _ = shutdown.changed().await;
-    })
-    .await;
-    if let Err(e) = result {
-        tracing::error!(error = %e, "client listener failed");
-    }
+    serve_app(listener, app, shutdown, "client").await;
 }
 
 /// Serves one `--listen-metrics-urls` listener until shutdown: `/metrics` and the health
 /// endpoints only, as etcd's metrics listeners do.
-pub async fn serve_metrics(
+pub async fn serve_metrics(listener: ClientListener, ctx: Ctx, shutdown: watch::Receiver<bool>) {
+    serve_app(listener, plain_routes(ctx), shutdown, "metrics").await;
+}
+
+/// Serves `app` on `listener` until `shutdown` turns true, then lets requests in flight end.
+async fn serve_app(
     listener: ClientListener,
-    ctx: Ctx,
+    app: Router,
     mut shutdown: watch::Receiver<bool>,
+    what: &str,
 ) {
-    let app = plain_routes(ctx);
     let result = axum::serve(
         listener,
         app.into_make_service_with_connect_info::<ClientConn>(),
@@ -263,7 +258,7 @@ pub async fn serve_metrics(
     })
     .await;
     if let Err(e) = result {
-        tracing::error!(error = %e, "metrics listener failed");
+        tracing::error!(error = %e, listener = what, "listener failed");
     }
 }
 
