@@ -1,9 +1,9 @@
 //! Logs as etcd's `--logger zap` writes them, one JSON object a line:
-//! `{"level":"info","ts":"2026-12-03T07:00:00.123Z","caller":"strata_server::server","msg":"ready to serve client requests","address":"127.0.0.1:2379"}`.
+//! `{"caller":"strata_server::server","level":"info","msg":"ready to serve client requests","ts":"2026-12-03T07:00:00.123Z"}`.
 //! Tooling waits on etcd's messages in that shape (`"msg":"ready to serve client requests"`,
 //! `"published local member to cluster through raft"`, `"serving client traffic securely"`), so
-//! Strata logs the same messages under the same keys. Fields follow `msg` in the order given;
-//! numbers and booleans stay JSON numbers and booleans.
+//! Strata logs the same messages under the same keys. Keys come in alphabetical order (a
+//! JSON object's order carries no meaning); numbers and booleans stay JSON numbers and booleans.
 
 use std::fmt;
 

@@ -9,7 +9,7 @@ use std::os::unix::net::UnixDatagram;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{free_port, strata_bin};
+use common::{free_port, lone_member};
 
 #[test]
 fn a_member_tells_systemd_when_it_is_ready_and_when_it_stops() {
@@ -21,22 +21,10 @@ fn a_member_tells_systemd_when_it_is_ready_and_when_it_stops() {
         .expect("timeout");
     let (client, peer, metrics) = (free_port(), free_port(), free_port());
     let log = dir.path().join("member.log");
-    let mut child = Command::new(strata_bin())
-        .args(["--name", "n1", "--data-dir"])
-        .arg(dir.path().join("data"))
-        .args([
-            "--listen-client-urls",
-            &format!("http://127.0.0.1:{client}"),
-        ])
-        .args([
-            "--advertise-client-urls",
-            &format!("http://127.0.0.1:{client}"),
-        ])
-        .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
-        .args([
-            "--initial-advertise-peer-urls",
-            &format!("http://127.0.0.1:{peer}"),
-        ])
+    let client_url = format!("http://127.0.0.1:{client}");
+    let peer_url = format!("http://127.0.0.1:{peer}");
+    let data = dir.path().join("data");
+    let mut child = lone_member("n1", &data, &client_url, &client_url, &peer_url)
         .args([
             "--listen-metrics-urls",
             &format!("http://127.0.0.1:{metrics}"),

@@ -11,7 +11,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::pki::{CertFiles, Pki};
-use common::{free_port, strata_bin, Cluster, Tls};
+use common::{free_port, lone_member, Cluster, Tls};
 
 fn etcdctl(endpoints: &str, flags: &[String], args: &[&str]) -> Output {
     Command::new("etcdctl")
@@ -471,22 +471,9 @@ fn auto_tls_serves_a_self_signed_certificate() {
     let (client, peer) = (free_port(), free_port());
     let data = dir.path().join("data");
     let log = dir.path().join("auto.log");
-    let mut child = Command::new(strata_bin())
-        .args(["--name", "auto", "--data-dir"])
-        .arg(&data)
-        .args([
-            "--listen-client-urls",
-            &format!("https://127.0.0.1:{client}"),
-        ])
-        .args([
-            "--advertise-client-urls",
-            &format!("https://127.0.0.1:{client}"),
-        ])
-        .args(["--listen-peer-urls", &format!("https://127.0.0.1:{peer}")])
-        .args([
-            "--initial-advertise-peer-urls",
-            &format!("https://127.0.0.1:{peer}"),
-        ])
+    let client_url = format!("https://127.0.0.1:{client}");
+    let peer_url = format!("https://127.0.0.1:{peer}");
+    let mut child = lone_member("auto", &data, &client_url, &client_url, &peer_url)
         .args(["--auto-tls", "--peer-auto-tls"])
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).expect("log"))
@@ -646,25 +633,10 @@ impl Single {
         let dir = tempfile::tempdir().expect("tempdir");
         let (client_port, peer_port) = (free_port(), free_port());
         let log = dir.path().join("single.log");
-        let child = Command::new(strata_bin())
-            .args(["--name", "single", "--data-dir"])
-            .arg(dir.path().join("data"))
-            .args([
-                "--listen-client-urls",
-                &format!("https://127.0.0.1:{client_port}"),
-            ])
-            .args([
-                "--advertise-client-urls",
-                &format!("https://127.0.0.1:{client_port}"),
-            ])
-            .args([
-                "--listen-peer-urls",
-                &format!("https://127.0.0.1:{peer_port}"),
-            ])
-            .args([
-                "--initial-advertise-peer-urls",
-                &format!("https://127.0.0.1:{peer_port}"),
-            ])
+        let client_url = format!("https://127.0.0.1:{client_port}");
+        let peer_url = format!("https://127.0.0.1:{peer_port}");
+        let data = dir.path().join("data");
+        let child = lone_member("single", &data, &client_url, &client_url, &peer_url)
             .args(tls.member_flags())
             .args(extra)
             .stdout(Stdio::null())
@@ -704,22 +676,9 @@ impl Drop for Single {
 fn refused(dir: &Path, args: &[&str], want: &[&str]) {
     let data = dir.join(format!("data-{}", free_port()));
     let (client, peer) = (free_port(), free_port());
-    let out = Command::new(strata_bin())
-        .arg("--data-dir")
-        .arg(&data)
-        .args([
-            "--listen-client-urls",
-            &format!("https://127.0.0.1:{client}"),
-        ])
-        .args([
-            "--advertise-client-urls",
-            &format!("https://127.0.0.1:{client}"),
-        ])
-        .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
-        .args([
-            "--initial-advertise-peer-urls",
-            &format!("http://127.0.0.1:{peer}"),
-        ])
+    let client_url = format!("https://127.0.0.1:{client}");
+    let peer_url = format!("http://127.0.0.1:{peer}");
+    let out = lone_member("default", &data, &client_url, &client_url, &peer_url)
         .args(args)
         .output()
         .expect("strata");
@@ -740,10 +699,9 @@ fn refused(dir: &Path, args: &[&str], want: &[&str]) {
 fn bad_security_flags_are_one_line_errors() {
     let dir = tempfile::tempdir().expect("tempdir");
     let tls = Tls::new(dir.path());
-    let (cert, key, ca) = (
+    let (cert, key) = (
         tls.member.cert.display().to_string(),
         tls.member.key.display().to_string(),
-        tls.pki.ca.display().to_string(),
     );
     let other_key = tls.client.key.display().to_string();
     let empty = dir.path().join("empty.pem");
@@ -824,7 +782,6 @@ fn bad_security_flags_are_one_line_errors() {
         ],
         &["--auth-token", "pub-key"],
     );
-    let _ = ca;
 }
 
 /// Plaintext to a TLS port and TLS to a plain port (a member listening on both, as etcd
@@ -835,22 +792,11 @@ fn http_and_https_listeners_side_by_side() {
     let tls = Tls::new(dir.path());
     let (plain, secure, peer) = (free_port(), free_port(), free_port());
     let log = dir.path().join("mixed.log");
-    let mut child = Command::new(strata_bin())
-        .args(["--name", "mixed", "--data-dir"])
-        .arg(dir.path().join("data"))
-        .args([
-            "--listen-client-urls",
-            &format!("http://127.0.0.1:{plain},https://127.0.0.1:{secure}"),
-        ])
-        .args([
-            "--advertise-client-urls",
-            &format!("https://127.0.0.1:{secure}"),
-        ])
-        .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
-        .args([
-            "--initial-advertise-peer-urls",
-            &format!("http://127.0.0.1:{peer}"),
-        ])
+    let listen = format!("http://127.0.0.1:{plain},https://127.0.0.1:{secure}");
+    let advertise = format!("https://127.0.0.1:{secure}");
+    let peer_url = format!("http://127.0.0.1:{peer}");
+    let data = dir.path().join("data");
+    let mut child = lone_member("mixed", &data, &listen, &advertise, &peer_url)
         .args(["--cert-file", &tls.member.cert.display().to_string()])
         .args(["--key-file", &tls.member.key.display().to_string()])
         .stdout(Stdio::null())

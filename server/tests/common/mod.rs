@@ -164,6 +164,27 @@ pub fn strata_bin() -> &'static str {
     env!("CARGO_BIN_EXE_strata")
 }
 
+/// A `strata` command for a member of its own one-member cluster: `name`, `data_dir`, client
+/// listeners on `listen_clients` (comma-separated URLs), `advertise_client` advertised, and
+/// one peer URL. Callers add their own flags, output and `spawn`.
+pub fn lone_member(
+    name: &str,
+    data_dir: &std::path::Path,
+    listen_clients: &str,
+    advertise_client: &str,
+    peer_url: &str,
+) -> Command {
+    let mut cmd = Command::new(strata_bin());
+    cmd.args(["--name", name])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(["--listen-client-urls", listen_clients])
+        .args(["--advertise-client-urls", advertise_client])
+        .args(["--listen-peer-urls", peer_url])
+        .args(["--initial-advertise-peer-urls", peer_url]);
+    cmd
+}
+
 impl Cluster {
     /// Starts `n` members bootstrapping a new cluster and waits until each serves.
     pub fn start(n: usize) -> Cluster {
