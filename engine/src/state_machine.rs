@@ -40,9 +40,13 @@ use crate::proto::strata::internal::{
 use crate::request::{txn_has_put, Response};
 use crate::types::{LeaseId, LogIndex, NodeId, Revision, Term};
 
-const META_APPLIED_INDEX: &[u8] = b"applied_index";
-const META_APPLIED_TERM: &[u8] = b"applied_term";
-const META_CONF_STATE: &[u8] = b"conf_state";
+/// `Bucket::Meta` key of the applied raft index (8 bytes, big-endian; etcd's
+/// `consistent_index`).
+pub const META_APPLIED_INDEX: &[u8] = b"applied_index";
+/// `Bucket::Meta` key of the term of the applied index (8 bytes, big-endian).
+pub const META_APPLIED_TERM: &[u8] = b"applied_term";
+/// `Bucket::Meta` key of the conf state at the applied index (raft's protobuf).
+pub const META_CONF_STATE: &[u8] = b"conf_state";
 
 /// Who waits for an applied entry's result.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -27,12 +27,39 @@ pub enum Command {
     /// Snapshot tools.
     #[command(subcommand)]
     Snapshot(SnapshotCommand),
+    /// Converts a stopped etcd member's data dir into a Strata member's (in place by default).
+    Migrate(MigrateFlags),
 }
 
 #[derive(Debug, Subcommand)]
 pub enum SnapshotCommand {
     /// Rebuilds a member's data dir from a snapshot file (`etcdctl snapshot save`).
     Restore(RestoreFlags),
+    /// Prints a snapshot file's hash, revision, total keys and size, as `etcdutl snapshot
+    /// status` does.
+    Status(StatusFlags),
+}
+
+#[derive(Debug, Args)]
+pub struct MigrateFlags {
+    /// The stopped etcd member's data dir (holding `member/snap/db` and `member/wal`).
+    #[arg(long)]
+    pub from_etcd_data_dir: PathBuf,
+    /// etcd's `--wal-dir`, if it kept its WAL outside the data dir.
+    #[arg(long)]
+    pub wal_dir: Option<PathBuf>,
+    /// Strata data dir to create; default: the etcd data dir itself (in place).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusFlags {
+    /// Snapshot file (etcd's format).
+    pub file: PathBuf,
+    /// Output format: simple, json or table.
+    #[arg(short = 'w', long = "write-out", default_value = "simple")]
+    pub write_out: String,
 }
 
 #[derive(Debug, Args)]
@@ -171,9 +198,42 @@ pub struct MemberFlags {
     /// `debug`, `info`, `warn`, `error`, `panic` or `fatal`.
     #[arg(long, env = "ETCD_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
-    /// Accepted for compatibility (strata always checks reconfigurations).
-    #[arg(long, env = "ETCD_STRICT_RECONFIG_CHECK", default_value_t = true, action = clap::ArgAction::Set)]
+    /// Refuse reconfigurations that would lose quorum. Always on: `false` is refused.
+    #[arg(long, env = "ETCD_STRICT_RECONFIG_CHECK", num_args = 0..=1, require_equals = true,
+          default_value_t = true, default_missing_value = "true", action = clap::ArgAction::Set)]
     pub strict_reconfig_check: bool,
+    /// Compare this member's data with its peers' (HashKV at this member's revision) before
+    /// serving clients; a difference stops the member.
+    #[arg(long, env = "ETCD_EXPERIMENTAL_INITIAL_CORRUPT_CHECK", num_args = 0..=1, require_equals = true,
+          default_value_t = false, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub experimental_initial_corrupt_check: bool,
+    /// How often the leader compares its data with the followers' (0s: never); a difference
+    /// raises the CORRUPT alarm.
+    #[arg(
+        long,
+        env = "ETCD_EXPERIMENTAL_CORRUPT_CHECK_TIME",
+        default_value = "0s"
+    )]
+    pub experimental_corrupt_check_time: String,
+    /// Have the leader compare the hash at the compacted revision with the followers'.
+    #[arg(long, env = "ETCD_EXPERIMENTAL_COMPACT_HASH_CHECK_ENABLED", num_args = 0..=1, require_equals = true,
+          default_value_t = false, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub experimental_compact_hash_check_enabled: bool,
+    /// How often the compacted-revision hashes are compared.
+    #[arg(
+        long,
+        env = "ETCD_EXPERIMENTAL_COMPACT_HASH_CHECK_TIME",
+        default_value = "1m"
+    )]
+    pub experimental_compact_hash_check_time: String,
+    /// Most concurrent HTTP/2 streams (gRPC calls) one client connection may have open.
+    #[arg(long, env = "ETCD_MAX_CONCURRENT_STREAMS", default_value_t = u32::MAX)]
+    pub max_concurrent_streams: u32,
+    /// Start as a one-member cluster from this member's data, discarding the other members
+    /// (etcd's recovery when quorum is lost for good).
+    #[arg(long, env = "ETCD_FORCE_NEW_CLUSTER", num_args = 0..=1, require_equals = true,
+          default_value_t = false, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub force_new_cluster: bool,
     /// Accepted for compatibility; `/debug/pprof` is not served.
     #[arg(long, env = "ETCD_ENABLE_PPROF", default_value_t = false, action = clap::ArgAction::Set)]
     pub enable_pprof: bool,
@@ -258,6 +318,17 @@ pub struct TlsFlags {
     pub tls_max_version: String,
 }
 
+/// etcd's data-corruption checks: each compares HashKV answers of the members.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CorruptionChecks {
+    /// Before serving clients, at this member's revision.
+    pub initial: bool,
+    /// Every so often on the leader, at its current revision.
+    pub periodic: Option<Duration>,
+    /// Every so often on the leader, at its compacted revision.
+    pub compact_hash: Option<Duration>,
+}
+
 /// When to compact history automatically.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AutoCompaction {
@@ -281,6 +352,11 @@ pub struct MemberConfig {
     pub listen_metrics: Vec<String>,
     /// How often a watch created with `progress_notify` gets an empty progress response.
     pub progress_notify_interval: Duration,
+    pub corruption: CorruptionChecks,
+    /// `--max-concurrent-streams`: HTTP/2 streams per client connection.
+    pub max_concurrent_streams: u32,
+    /// `--force-new-cluster`: restart as a one-member cluster.
+    pub force_new_cluster: bool,
     pub advertise_client_urls: Vec<String>,
     pub listen_peer: Vec<String>,
     pub peer_urls: Vec<String>,
@@ -799,6 +875,42 @@ fn parse_auto_compaction(mode: &str, retention: &str) -> Result<AutoCompaction, 
     }
 }
 
+impl MemberFlags {
+    fn corruption_checks(&self) -> Result<CorruptionChecks, String> {
+        // Zero ("0", "0s") turns a check off.
+        let duration = |flag: &str, value: &str| match parse_duration(value) {
+            Some(d) => Ok(d),
+            None if value.starts_with('0')
+                && value
+                    .trim_start_matches(['0', '.'])
+                    .chars()
+                    .all(|c| c.is_ascii_alphabetic()) =>
+            {
+                Ok(Duration::ZERO)
+            }
+            None => Err(format!("--{flag}: invalid duration {value:?} (e.g. 5m)")),
+        };
+        let periodic = duration(
+            "experimental-corrupt-check-time",
+            &self.experimental_corrupt_check_time,
+        )?;
+        let compact = duration(
+            "experimental-compact-hash-check-time",
+            &self.experimental_compact_hash_check_time,
+        )?;
+        if self.experimental_compact_hash_check_enabled && compact.is_zero() {
+            return Err("--experimental-compact-hash-check-time must be positive".into());
+        }
+        Ok(CorruptionChecks {
+            initial: self.experimental_initial_corrupt_check,
+            periodic: (!periodic.is_zero()).then_some(periodic),
+            compact_hash: self
+                .experimental_compact_hash_check_enabled
+                .then_some(compact),
+        })
+    }
+}
+
 /// Go-style durations: `1h`, `30m`, `10s`, `1h30m`, `500ms`.
 fn parse_duration(s: &str) -> Option<Duration> {
     let mut total = Duration::ZERO;
@@ -903,6 +1015,13 @@ impl MemberFlags {
                     self.experimental_watch_progress_notify_interval
                 )
             })?;
+        if !self.strict_reconfig_check {
+            return Err("--strict-reconfig-check=false is not supported: strata always refuses a reconfiguration that would lose quorum".into());
+        }
+        let corruption = self.corruption_checks()?;
+        if self.max_concurrent_streams == 0 {
+            return Err("--max-concurrent-streams must be positive".into());
+        }
         if self.quota_backend_bytes < 0 {
             return Err("--quota-backend-bytes must not be negative".into());
         }
@@ -960,6 +1079,9 @@ impl MemberFlags {
             snapshot_count,
             listen_metrics,
             progress_notify_interval: progress_notify,
+            corruption,
+            max_concurrent_streams: self.max_concurrent_streams,
+            force_new_cluster: self.force_new_cluster,
             quota_backend_bytes: self.quota_backend_bytes,
             max_request_bytes: self.max_request_bytes,
             max_txn_ops: self.max_txn_ops,

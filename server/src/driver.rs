@@ -35,8 +35,8 @@ use strata_engine::proto::strata::internal::MemberRecord;
 use strata_engine::request::{Request, Response};
 use strata_engine::watch::WatchOutput;
 use strata_engine::{
-    BackendError, EtcdError, Fatal, Input, KvBackend, LogIndex, Node, NodeId, Output, RequestId,
-    StreamId, Term,
+    BackendError, Bucket, EtcdError, Fatal, Input, KvBackend, LogIndex, Node, NodeId, Output,
+    RequestId, StreamId, Term,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -49,9 +49,33 @@ use crate::watch_queue::{Offered, WatchQueues};
 /// Inputs drained into one engine step at most.
 const MAX_BATCH: usize = 4096;
 
-/// The engine's backend as the server needs it: the engine's interface plus defragment.
+/// The engine's backend as the server needs it: the engine's interface plus defragment and a
+/// consistent export.
 pub trait ServerBackend: KvBackend + Send + 'static {
     fn defragment(&self) -> Result<(), BackendError>;
+
+    /// Every record as of this call (the applied index the driver is at), read at the
+    /// consumer's pace while the driver goes on: writes made after the call are not seen.
+    fn export(&self) -> Result<BackendExport, BackendError>;
+}
+
+/// One backend record: bucket, key, value.
+pub type ExportedRecord = (Bucket, Vec<u8>, Vec<u8>);
+
+/// A point-in-time copy of the backend being read ([`ServerBackend::export`]): records bucket
+/// by bucket in [`Bucket::ALL`] order, key order within each bucket.
+pub struct BackendExport {
+    pub records: Box<dyn Iterator<Item = Result<ExportedRecord, BackendError>> + Send>,
+    /// Where a consumer may put scratch files of the export's size (beside the backend).
+    pub scratch_dir: std::path::PathBuf,
+}
+
+impl std::fmt::Debug for BackendExport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BackendExport")
+            .field("scratch_dir", &self.scratch_dir)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What the driver reports of its node to an [`Observer`] (the simulator's checkers).
@@ -90,7 +114,7 @@ pub enum Command {
     Watch(Input),
     /// The whole backend, consistent at the applied index (Maintenance.Snapshot).
     Snapshot {
-        reply: oneshot::Sender<Result<Vec<u8>, BackendError>>,
+        reply: oneshot::Sender<Result<BackendExport, BackendError>>,
     },
     Defragment {
         reply: oneshot::Sender<Result<(), BackendError>>,
@@ -200,8 +224,8 @@ impl Handle {
         self.send(Command::Watch(input))
     }
 
-    /// The backend's content as a snapshot blob (`SnapshotData`), consistent at one index.
-    pub async fn snapshot(&self) -> Result<Result<Vec<u8>, BackendError>, EtcdError> {
+    /// The backend's content, consistent at the applied index of the moment.
+    pub async fn snapshot(&self) -> Result<Result<BackendExport, BackendError>, EtcdError> {
         let (reply, rx) = oneshot::channel();
         self.send(Command::Snapshot { reply })?;
         rx.await.map_err(|_| EtcdError::Stopped)
@@ -473,7 +497,7 @@ impl<B: ServerBackend> Driver<B> {
                 inputs.push(input);
             }
             Command::Snapshot { reply } => {
-                let _ = reply.send(self.node.state_machine().snapshot_data());
+                let _ = reply.send(self.node.state_machine().backend().export());
             }
             Command::Defragment { reply } => {
                 let _ = reply.send(self.node.state_machine().backend().defragment());

@@ -88,17 +88,8 @@ pub struct ClientConn {
     pub cert_user: Option<String>,
 }
 
-impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, ClientListener>>
-    for ClientConn
-{
-    fn connect_info(stream: axum::serve::IncomingStream<'_, ClientListener>) -> ClientConn {
-        stream.remote_addr().clone()
-    }
-}
-
 /// The client port's connections, after their TLS handshake if the port has TLS.
 pub struct ClientListener {
-    local: std::net::SocketAddr,
     ready: mpsc::Receiver<(Box<dyn Io>, ClientConn)>,
 }
 
@@ -109,31 +100,9 @@ impl ClientListener {
         listener: TcpListener,
         tls: Option<Arc<PortTls>>,
     ) -> std::io::Result<ClientListener> {
-        let local = listener.local_addr()?;
         let (tx, ready) = mpsc::channel(64);
         tokio::spawn(accept_loop(listener, tls, tx));
-        Ok(ClientListener { local, ready })
-    }
-}
-
-impl axum::serve::Listener for ClientListener {
-    type Io = Box<dyn Io>;
-    type Addr = ClientConn;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.ready.recv().await {
-            Some(conn) => conn,
-            // The accept task is gone (it never returns while this lives): wait forever, as
-            // a listener with no connections does; shutdown ends the server.
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        Ok(ClientConn {
-            remote: self.local,
-            cert_user: None,
-        })
+        Ok(ClientListener { ready })
     }
 }
 
@@ -223,6 +192,7 @@ pub async fn serve(
     listener: ClientListener,
     ctx: Ctx,
     max_request_bytes: usize,
+    max_streams: u32,
     shutdown: watch::Receiver<bool>,
 ) {
     let grpc = grpc_routes(&ctx, max_request_bytes);
@@ -233,33 +203,60 @@ pub async fn serve(
         .layer(axum::middleware::from_fn(cert_user_metadata))
         .merge(crate::gateway::router(grpc, max_request_bytes))
         .merge(plain_routes(ctx.clone()));
-    serve_app(listener, app, shutdown, "client").await;
+    serve_app(listener, app, max_streams, shutdown, "client").await;
 }
 
 /// Serves one `--listen-metrics-urls` listener until shutdown: `/metrics` and the health
 /// endpoints only, as etcd's metrics listeners do.
 pub async fn serve_metrics(listener: ClientListener, ctx: Ctx, shutdown: watch::Receiver<bool>) {
-    serve_app(listener, plain_routes(ctx), shutdown, "metrics").await;
+    serve_app(listener, plain_routes(ctx), u32::MAX, shutdown, "metrics").await;
 }
 
 /// Serves `app` on `listener` until `shutdown` turns true, then lets requests in flight end.
+/// Each connection speaks HTTP/1.1 or HTTP/2 (gRPC), with at most `max_streams` concurrent
+/// HTTP/2 streams (`--max-concurrent-streams`, announced in the SETTINGS frame as grpc-go
+/// does), and carries its [`ClientConn`] to the handlers as axum's `ConnectInfo`.
 async fn serve_app(
-    listener: ClientListener,
+    mut listener: ClientListener,
     app: Router,
+    max_streams: u32,
     mut shutdown: watch::Receiver<bool>,
     what: &str,
 ) {
-    let result = axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<ClientConn>(),
-    )
-    .with_graceful_shutdown(async move {
-        let _ = shutdown.changed().await;
-    })
-    .await;
-    if let Err(e) = result {
-        tracing::error!(error = %e, listener = what, "listener failed");
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use hyper_util::server::conn::auto::Builder;
+    use tower::ServiceExt as _;
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder.http2().max_concurrent_streams(max_streams);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        let (io, conn) = tokio::select! {
+            accepted = listener.ready.recv() => match accepted {
+                Some(accepted) => accepted,
+                None => break,
+            },
+            _ = shutdown.changed() => break,
+        };
+        let app = app.clone();
+        let service = hyper::service::service_fn(move |mut request: hyper::Request<_>| {
+            request
+                .extensions_mut()
+                .insert(axum::extract::ConnectInfo(conn.clone()));
+            app.clone().oneshot(request.map(axum::body::Body::new))
+        });
+        let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+        let connection = graceful.watch(connection.into_owned());
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "client connection ended");
+            }
+        });
     }
+    tracing::debug!(
+        listener = what,
+        "listener stopped; waiting for requests in flight"
+    );
+    graceful.shutdown().await;
 }
 
 /// tonic refuses a message over the receive limit with `OUT_OF_RANGE` in its own words; etcd

@@ -2,9 +2,11 @@
 //! ([`watch_queue`]), storage ([`storage`]), the peer transport ([`transport`]), etcd's gRPC
 //! services ([`api`]), the client port with the HTTP/JSON endpoints ([`http`]) and etcd's JSON
 //! gateway ([`gateway`]), TLS on both ports ([`tls`]), JWT auth tokens ([`jwt`]), systemd
-//! readiness ([`notify`]), the command line ([`config`]) and member start-up ([`server`]).
+//! readiness ([`notify`]), etcd's snapshot files ([`snapshot`], [`bolt`]), the command line
+//! ([`config`]) and member start-up ([`server`]).
 
 pub mod api;
+pub mod bolt;
 pub mod clock;
 pub mod config;
 pub mod driver;
@@ -21,9 +23,8 @@ pub mod metrics;
 #[cfg(not(madsim))]
 pub mod notify;
 #[cfg(not(madsim))]
-pub mod restore;
-#[cfg(not(madsim))]
 pub mod server;
+pub mod snapshot;
 pub mod storage;
 #[cfg(not(madsim))]
 pub mod tls;

@@ -48,20 +48,40 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Some(Command::Snapshot(SnapshotCommand::Restore(flags))) => {
-            match strata_server::restore::restore(&flags) {
-                Ok(msg) => {
-                    println!("{msg}");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("strata snapshot restore: {e}");
-                    ExitCode::FAILURE
-                }
-            }
+        Some(Command::Snapshot(SnapshotCommand::Restore(flags))) => report(
+            "snapshot restore",
+            strata_server::snapshot::restore::restore(&flags),
+        ),
+        Some(Command::Snapshot(SnapshotCommand::Status(flags))) => {
+            report("snapshot status", snapshot_status(&flags))
+        }
+        Some(Command::Migrate(flags)) => {
+            report("migrate", strata_server::snapshot::migrate::migrate(&flags))
         }
         None => run_member(cli.member),
     }
+}
+
+/// Prints a one-shot command's outcome: its answer on stdout, or one line naming the command
+/// and the problem on stderr, with a failing exit code.
+fn report(command: &str, outcome: Result<String, String>) -> ExitCode {
+    match outcome {
+        Ok(msg) => {
+            println!("{msg}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("strata {command}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn snapshot_status(flags: &strata_server::config::StatusFlags) -> Result<String, String> {
+    use strata_server::snapshot::{status, SnapshotFile};
+    let file = SnapshotFile::open(&flags.file, true)?;
+    let found = status::status(&file).map_err(|e| format!("{}: {e}", flags.file.display()))?;
+    status::render(&found, &flags.write_out)
 }
 
 fn run_member(flags: strata_server::config::MemberFlags) -> ExitCode {

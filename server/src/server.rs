@@ -323,8 +323,11 @@ pub async fn start(
         cfg.name.clone(),
         cfg.advertise_client_urls.clone(),
         listeners,
-        ctx,
-        cfg.max_request_bytes as usize,
+        ClientService {
+            ctx,
+            max_request_bytes: cfg.max_request_bytes as usize,
+            max_concurrent_streams: cfg.max_concurrent_streams,
+        },
         shutdown.clone(),
     ));
     if cfg.auto_compaction != AutoCompaction::Off {
@@ -353,6 +356,13 @@ pub async fn start(
     ))
 }
 
+/// What the client listeners serve once they may.
+struct ClientService {
+    ctx: Ctx,
+    max_request_bytes: usize,
+    max_concurrent_streams: u32,
+}
+
 /// etcd's start-up order: the client listeners are bound at once (a taken port is a start
 /// error), but answer only once this member's name and client URLs are committed, so that
 /// a client that reaches any member finds every serving member in `member list` (etcd's
@@ -363,8 +373,7 @@ async fn publish_then_serve(
     name: String,
     client_urls: Vec<String>,
     listeners: Vec<(String, bool, crate::http::ClientListener)>,
-    ctx: Ctx,
-    max_request_bytes: usize,
+    service: ClientService,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let id = handle.shared.id;
@@ -394,8 +403,9 @@ async fn publish_then_serve(
         }
         tokio::spawn(crate::http::serve(
             listener,
-            ctx.clone(),
-            max_request_bytes,
+            service.ctx.clone(),
+            service.max_request_bytes,
+            service.max_concurrent_streams,
             shutdown.clone(),
         ));
     }

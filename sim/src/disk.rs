@@ -28,7 +28,7 @@ use raft::eraftpb::{Entry, HardState};
 use strata_engine::backend::{BatchOp, Bucket, KvBackend, MemBackend, Scan, WriteBatch};
 use strata_engine::node::{PersistTask, PersistedLog};
 use strata_engine::{BackendError, LogIndex, Term};
-use strata_server::driver::ServerBackend;
+use strata_server::driver::{BackendExport, ServerBackend};
 use strata_server::storage::{check_contiguous, LogStorage, StorageError};
 
 use crate::scenario::CrashDisk;
@@ -415,6 +415,22 @@ impl ServerBackend for SimBackend {
     fn defragment(&self) -> Result<(), BackendError> {
         self.mem().defragment();
         Ok(())
+    }
+
+    /// A copy of every record: simulated stores are small.
+    fn export(&self) -> Result<BackendExport, BackendError> {
+        let mut records = Vec::new();
+        let mem = self.mem();
+        for bucket in Bucket::ALL {
+            mem.scan(bucket, b"", None, &mut |k, v| {
+                records.push(Ok((bucket, k.to_vec(), v.to_vec())));
+                Scan::Continue
+            })?;
+        }
+        Ok(BackendExport {
+            records: Box::new(records.into_iter()),
+            scratch_dir: std::env::temp_dir(),
+        })
     }
 }
 

@@ -1,14 +1,13 @@
 //! The Maintenance service: Alarm, Status, Hash, HashKV and MoveLeader through the engine;
 //! Defragment and Snapshot on this member's own backend.
 //!
-//! A snapshot is the backend's content at one applied index (Strata's `SnapshotData`
-//! encoding), streamed in chunks and followed, as etcd does, by the SHA-256 of everything
-//! before it, so `etcdctl snapshot save` writes a file `strata snapshot restore` can verify.
+//! A snapshot is the backend's content at one applied index as etcd's bbolt database
+//! ([`crate::snapshot::save`]), streamed in chunks and followed, as etcd does, by its SHA-256,
+//! so `etcdctl snapshot save` writes a file that etcd and `strata snapshot restore` both read.
 
 use std::pin::Pin;
 
 use futures::Stream;
-use sha2::{Digest, Sha256};
 use strata_engine::node::ETCD_VERSION;
 use strata_engine::proto::etcdserverpb::*;
 use strata_engine::request::Request;
@@ -19,33 +18,15 @@ use super::pb::etcdserverpb::maintenance_client::MaintenanceClient;
 use super::pb::etcdserverpb::maintenance_server::Maintenance;
 use super::{status, Ctx};
 use crate::expect_response;
-
-/// Bytes per snapshot message (etcd sends 32 KiB).
-const SNAPSHOT_CHUNK: usize = 32 * 1024;
+use crate::snapshot::save;
 
 #[derive(Clone, Debug)]
 pub struct MaintenanceService(pub Ctx);
 
 type SnapshotStream = Pin<Box<dyn Stream<Item = Result<SnapshotResponse, Status>> + Send>>;
 
-impl MaintenanceService {}
-
-/// Magic bytes opening a Strata snapshot file.
-pub const SNAPSHOT_MAGIC: &[u8; 8] = b"STRATASN";
-
-/// Frames a snapshot body as a file etcd's tools accept: magic, body length, body, zero
-/// padding to a multiple of 512 bytes (etcdctl checks `size % 512 == 32`, a bolt file's page
-/// alignment plus the digest), then the SHA-256 of everything before it, as etcd appends.
-pub fn seal_snapshot(body: Vec<u8>) -> Vec<u8> {
-    let mut out = Vec::with_capacity(body.len() + 560);
-    out.extend_from_slice(SNAPSHOT_MAGIC);
-    out.extend_from_slice(&(body.len() as u64).to_be_bytes());
-    out.extend_from_slice(&body);
-    out.resize(out.len().div_ceil(512) * 512, 0);
-    let digest = Sha256::digest(&out);
-    out.extend_from_slice(&digest);
-    out
-}
+/// Snapshot messages buffered ahead of a slow client.
+const SNAPSHOT_QUEUE: usize = 4;
 
 #[tonic::async_trait]
 impl Maintenance for MaintenanceService {
@@ -87,30 +68,42 @@ impl Maintenance for MaintenanceService {
     }
 
     async fn snapshot(&self, _req: Req<SnapshotRequest>) -> Result<Resp<SnapshotStream>, Status> {
-        let body = self
+        let export = self
             .0
             .handle
             .snapshot()
             .await
             .map_err(status)?
             .map_err(|e| Status::internal(e.to_string()))?;
-        let blob = seal_snapshot(body);
         let header = self.0.header();
-        let total = blob.len();
-        let mut sent = 0usize;
-        let chunks: Vec<Result<SnapshotResponse, Status>> = blob
-            .chunks(SNAPSHOT_CHUNK)
-            .map(|c| {
-                sent += c.len();
-                Ok(SnapshotResponse {
-                    header: Some(header),
-                    remaining_bytes: (total - sent) as u64,
-                    blob: c.to_vec(),
-                    version: ETCD_VERSION.to_string(),
-                })
-            })
-            .collect();
-        Ok(Resp::new(Box::pin(tokio_stream::iter(chunks))))
+        let (tx, rx) = tokio::sync::mpsc::channel(SNAPSHOT_QUEUE);
+        tokio::task::spawn_blocking(move || {
+            let sent = save::scratch_file(&export.scratch_dir)
+                .map_err(save::SaveError::from)
+                .and_then(|file| save::write_db(export.records, file))
+                .and_then(|(file, db_len)| {
+                    let mut send = |chunk: save::Chunk| {
+                        let msg = SnapshotResponse {
+                            header: Some(header),
+                            remaining_bytes: chunk.remaining_bytes,
+                            blob: chunk.blob,
+                            version: ETCD_VERSION.to_string(),
+                        };
+                        tx.blocking_send(Ok(msg)).is_ok()
+                    };
+                    Ok(save::stream_file(file, db_len, &mut send)?)
+                });
+            if let Err(e) = sent {
+                tracing::warn!(error = %e, "snapshot failed");
+                let _ = tx.blocking_send(Err(Status::internal(e.to_string())));
+            }
+        });
+        let stream =
+            futures::stream::unfold(
+                rx,
+                |mut rx| async move { rx.recv().await.map(|msg| (msg, rx)) },
+            );
+        Ok(Resp::new(Box::pin(stream)))
     }
 
     async fn move_leader(

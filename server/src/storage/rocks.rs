@@ -371,11 +371,65 @@ pub struct RocksBackend {
     store: RocksStore,
 }
 
+/// Records an export reads ahead of its consumer.
+const EXPORT_QUEUE: usize = 256;
+
 impl crate::driver::ServerBackend for RocksBackend {
     fn defragment(&self) -> Result<(), BackendError> {
         self.store.defragment().map_err(|e| BackendError {
             op: "defragment",
             reason: e.to_string(),
+        })
+    }
+
+    /// A RocksDB snapshot taken by a reader thread before this returns (so it holds exactly
+    /// what the driver has written), then read record by record into a bounded queue: the
+    /// export costs no memory beyond the queue, whatever the store's size.
+    fn export(&self) -> Result<crate::driver::BackendExport, BackendError> {
+        let db = Arc::clone(&self.store.db);
+        let (taken_tx, taken_rx) = std::sync::mpsc::sync_channel::<()>(0);
+        let (tx, rx) = std::sync::mpsc::sync_channel(EXPORT_QUEUE);
+        std::thread::Builder::new()
+            .name("backend-export".into())
+            .spawn(move || {
+                let snapshot = db.snapshot();
+                let _ = taken_tx.send(());
+                let cf = db.cf_handle(CF_KV).expect("kv column family opened");
+                for item in snapshot.iterator_cf(cf, IteratorMode::Start) {
+                    let record = item
+                        .map_err(|e| backend_error("export", e))
+                        .and_then(|(k, v)| {
+                            let bucket = k
+                                .first()
+                                .and_then(|tag| Bucket::from_tag(*tag))
+                                .ok_or_else(|| BackendError {
+                                    op: "export",
+                                    reason: format!("record of no bucket: {k:?}"),
+                                })?;
+                            Ok((bucket, k[1..].to_vec(), v.into_vec()))
+                        });
+                    let failed = record.is_err();
+                    if tx.send(record).is_err() || failed {
+                        return;
+                    }
+                }
+            })
+            .map_err(|e| BackendError {
+                op: "export",
+                reason: format!("cannot start the reader thread: {e}"),
+            })?;
+        taken_rx.recv().map_err(|_| BackendError {
+            op: "export",
+            reason: "the reader thread ended before taking its snapshot".into(),
+        })?;
+        Ok(crate::driver::BackendExport {
+            records: Box::new(rx.into_iter()),
+            scratch_dir: self
+                .store
+                .path
+                .parent()
+                .unwrap_or(&self.store.path)
+                .to_path_buf(),
         })
     }
 }
