@@ -6,10 +6,11 @@
 //! The member keeps its identity: its member and cluster id come from the WAL's metadata, the
 //! membership from the backend's `members` bucket, the keyspace, leases and auth from
 //! `member/snap/db` as `snapshot restore` imports them. The backend holds everything up to its
-//! `consistent_index`; committed entries after it exist only in the WAL, and replaying etcd's
-//! requests is not supported: migration then refuses, naming the fix (start etcd once and
-//! stop it cleanly, which applies them). Every member of a cluster must be migrated at the
-//! same consistent index; the command prints it.
+//! `consistent_index`; replaying etcd's requests from the WAL is not supported, so a committed
+//! put after that index (proof the backend is behind) makes migration refuse, naming the fix
+//! (start etcd once and stop it cleanly, which applies it). Other entries after the index are
+//! taken as applied and counted in the report (see [`wal::EntryKind`]). Every member of a
+//! cluster must be migrated at the same consistent index; the command prints it.
 
 use std::fs::File;
 
@@ -48,13 +49,17 @@ pub fn migrate(flags: &MigrateFlags) -> Result<String, String> {
     let len = file.metadata().map_err(|e| format!("{name}: {e}"))?.len();
     let backend = read_backend_facts(&file, len).map_err(|e| format!("{name}: {e}"))?;
     let pending = log.committed_after(backend.consistent_index);
-    if !pending.is_empty() {
+    let unapplied: Vec<u64> = pending
+        .iter()
+        .filter(|(_, kind)| *kind == wal::EntryKind::Put)
+        .map(|(index, _)| *index)
+        .collect();
+    if let Some(first) = unapplied.first() {
         return Err(format!(
-            "{}: {} committed entries after the backend's consistent index {} (first {}) are only in the WAL, and strata cannot replay etcd's WAL; start etcd on this data dir once more and stop it cleanly (or use `etcdctl snapshot save` and `strata snapshot restore`)",
+            "{}: {} committed puts after the backend's consistent index {} (first at {first}) are only in the WAL, and strata cannot replay etcd's WAL; start etcd on this data dir once more and stop it cleanly (or use `etcdctl snapshot save` and `strata snapshot restore`)",
             wal_dir.display(),
-            pending.len(),
+            unapplied.len(),
             backend.consistent_index,
-            pending[0]
         ));
     }
     let mut members = backend.members;
@@ -80,14 +85,21 @@ pub fn migrate(flags: &MigrateFlags) -> Result<String, String> {
     let count = build_data_dir(&data_dir, &target, |kv| {
         load_etcd(&file, len, kv).map_err(|e| format!("{name}: {e}"))
     })?;
-    Ok(format!(
+    let mut report = format!(
         "migrated etcd member {} ({:x}) of cluster {:x} at consistent index {}: {count} records into {}",
         me.name,
         me.id,
         log.cluster_id,
         backend.consistent_index,
         crate::storage::rocks::db_path(&data_dir).display()
-    ))
+    );
+    if !pending.is_empty() {
+        report.push_str(&format!(
+            "\n{} committed entries after the consistent index change no keys (auth, leases, membership); etcd 3.4 does not move the index for them, so they are taken as applied (true after a clean stop)",
+            pending.len()
+        ));
+    }
+    Ok(report)
 }
 
 /// What migration needs from the backend besides its records.

@@ -9,6 +9,10 @@
 //! ends the written part of a preallocated file; a frame running past the end is a torn write
 //! at the tail, which etcd also drops. Records are not CRC-checked here: this reader only
 //! decides whether migration may go on, and refuses on anything it cannot decode.
+//!
+//! Entries are classified by [`EntryKind`]: only a committed put past the consistent index
+//! proves the backend is behind (etcd 3.4 leaves the index where it was for auth, lease and
+//! membership changes, so those past it are usually already applied).
 
 use std::path::{Path, PathBuf};
 
@@ -40,6 +44,27 @@ struct Metadata {
     cluster_id: u64,
 }
 
+/// The part of etcd's `InternalRaftRequest` that tells a put: field 4.
+#[derive(Clone, PartialEq, prost::Message)]
+struct RaftRequestKind {
+    #[prost(bytes = "vec", optional, tag = "4")]
+    put: Option<Vec<u8>>,
+}
+
+/// What an entry does, as far as migration must know.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryKind {
+    /// A leader's empty entry: changes nothing.
+    Empty,
+    /// A put. etcd advances the backend's consistent index with every put it applies, so a
+    /// committed put past that index was certainly not applied.
+    Put,
+    /// Anything else (deletes, txns, leases, auth, membership). etcd 3.4 advances the
+    /// consistent index only with writes that change keys, so whether such an entry past it
+    /// was applied cannot be told from the files.
+    Other,
+}
+
 /// What the WAL says about the member and its log.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct WalSummary {
@@ -47,18 +72,19 @@ pub struct WalSummary {
     pub cluster_id: u64,
     /// The last hard state's commit index.
     pub commit_index: u64,
-    /// Indexes of entries that change state (normal entries with data, conf changes), as the
-    /// log holds them once later writes overwrote earlier ones.
-    pub changing_entries: Vec<u64>,
+    /// The entries, as the log holds them once later writes overwrote earlier ones.
+    pub entries: Vec<(u64, EntryKind)>,
 }
 
 impl WalSummary {
-    /// Committed entries that change state and come after `applied`.
-    pub fn committed_after(&self, applied: u64) -> Vec<u64> {
-        self.changing_entries
+    /// Committed entries that change something and come after `applied`.
+    pub fn committed_after(&self, applied: u64) -> Vec<(u64, EntryKind)> {
+        self.entries
             .iter()
             .copied()
-            .filter(|i| *i > applied && *i <= self.commit_index)
+            .filter(|(i, kind)| {
+                *i > applied && *i <= self.commit_index && *kind != EntryKind::Empty
+            })
             .collect()
     }
 }
@@ -76,25 +102,14 @@ pub fn read_dir(dir: &Path) -> Result<WalSummary, String> {
         return Err(format!("{}: no .wal files", dir.display()));
     }
     let mut summary = WalSummary::default();
-    let mut entries: Vec<(u64, bool)> = Vec::new();
     for path in &files {
         let bytes = std::fs::read(path).map_err(|e| io(path, e))?;
-        read_file(&bytes, &mut summary, &mut entries)
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+        read_file(&bytes, &mut summary).map_err(|e| format!("{}: {e}", path.display()))?;
     }
-    summary.changing_entries = entries
-        .into_iter()
-        .filter(|(_, c)| *c)
-        .map(|(i, _)| i)
-        .collect();
     Ok(summary)
 }
 
-fn read_file(
-    bytes: &[u8],
-    summary: &mut WalSummary,
-    entries: &mut Vec<(u64, bool)>,
-) -> Result<(), String> {
+fn read_file(bytes: &[u8], summary: &mut WalSummary) -> Result<(), String> {
     let mut at = 0usize;
     while let Some(word) = bytes.get(at..at + 8) {
         let word = u64::from_le_bytes(word.try_into().expect("8 bytes"));
@@ -122,10 +137,8 @@ fn read_file(
                 let entry = Entry::parse_from_bytes(&record.data)
                     .map_err(|e| format!("entry at {at}: {e}"))?;
                 // A later entry at an index replaces the earlier one and everything after it.
-                entries.retain(|(i, _)| *i < entry.index);
-                let changes =
-                    entry.get_entry_type() != EntryType::EntryNormal || !entry.data.is_empty();
-                entries.push((entry.index, changes));
+                summary.entries.retain(|(i, _)| *i < entry.index);
+                summary.entries.push((entry.index, kind(&entry)));
             }
             STATE_TYPE => {
                 let state = HardState::parse_from_bytes(&record.data)
@@ -137,6 +150,19 @@ fn read_file(
         at += 8 + len + pad;
     }
     Ok(())
+}
+
+fn kind(entry: &Entry) -> EntryKind {
+    if entry.get_entry_type() != EntryType::EntryNormal {
+        return EntryKind::Other;
+    }
+    if entry.data.is_empty() {
+        return EntryKind::Empty;
+    }
+    match RaftRequestKind::decode(entry.data.as_ref()) {
+        Ok(RaftRequestKind { put: Some(_) }) => EntryKind::Put,
+        _ => EntryKind::Other,
+    }
 }
 
 #[cfg(test)]
@@ -179,7 +205,11 @@ mod tests {
             }
             .encode_to_vec(),
         );
-        for (i, data) in [(1, &b"a"[..]), (2, b""), (3, b"c"), (4, b"d")] {
+        let put = RaftRequestKind {
+            put: Some(b"k".to_vec()),
+        }
+        .encode_to_vec();
+        for (i, data) in [(1, &put[..]), (2, b""), (3, b"c"), (4, b"d")] {
             wal.extend(frame(ENTRY_TYPE, entry(i, data)));
         }
         let mut hs = HardState::default();
@@ -189,27 +219,17 @@ mod tests {
         wal.extend(frame(ENTRY_TYPE, entry(3, b"")));
         wal.extend([0u8; 64]);
         let mut summary = WalSummary::default();
-        let mut entries = Vec::new();
-        read_file(&wal, &mut summary, &mut entries).expect("valid");
-        summary.changing_entries = entries
-            .into_iter()
-            .filter(|(_, c)| *c)
-            .map(|(i, _)| i)
-            .collect();
+        read_file(&wal, &mut summary).expect("valid");
         assert_eq!((summary.member_id, summary.cluster_id), (7, 9));
         assert_eq!(summary.commit_index, 3);
-        assert_eq!(summary.committed_after(0), vec![1]);
+        assert_eq!(summary.committed_after(0), vec![(1, EntryKind::Put)]);
         assert!(summary.committed_after(1).is_empty());
     }
 
     #[test]
     fn garbage_is_an_error_or_a_torn_tail_never_a_panic() {
         let mut summary = WalSummary::default();
-        let _ = read_file(&[0xff; 40], &mut summary, &mut Vec::new());
-        let _ = read_file(
-            &[1, 0, 0, 0, 0, 0, 0, 0, 0xff],
-            &mut summary,
-            &mut Vec::new(),
-        );
+        let _ = read_file(&[0xff; 40], &mut summary);
+        let _ = read_file(&[1, 0, 0, 0, 0, 0, 0, 0, 0xff], &mut summary);
     }
 }
