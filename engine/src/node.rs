@@ -169,6 +169,41 @@ pub fn bootstrap_log(members: &[MemberRecord]) -> PersistedLog {
     }
 }
 
+/// etcd's `--force-new-cluster`: the log a member restarts with to form a cluster of one from
+/// its own data. Committed entries stay; the uncommitted tail goes (without the other members
+/// it can never commit); one committed conf change per member in `others` removes it, in the
+/// current term, so the member applies them as it starts and then elects itself alone.
+/// `applied` is the backend's applied index: the removals follow whatever it holds.
+pub fn force_new_cluster_log(
+    mut log: PersistedLog,
+    applied: LogIndex,
+    others: &[MemberRecord],
+) -> PersistedLog {
+    let last = log.entries.last().map_or(log.compacted.0 .0, |e| e.index);
+    let mut index = log.hard_state.commit.max(applied.0);
+    assert!(
+        index <= last.max(log.compacted.0 .0),
+        "commit {index} beyond the log's last index {last}"
+    );
+    log.entries.retain(|e| e.index <= index);
+    let term = log.hard_state.term.max(1);
+    for m in others {
+        let cc = conf_change(ConfChangeType::RemoveNode, NodeId(m.id), m, 0, 0);
+        let mut e = Entry::default();
+        e.set_entry_type(EntryType::EntryConfChangeV2);
+        index += 1;
+        e.index = index;
+        e.term = term;
+        e.data = protobuf::Message::write_to_bytes(&cc)
+            .expect("encode conf change")
+            .into();
+        log.entries.push(e);
+    }
+    log.hard_state.set_term(term);
+    log.hard_state.set_commit(index);
+    log
+}
+
 fn conf_change(
     kind: ConfChangeType,
     id: NodeId,

@@ -134,7 +134,11 @@ async fn accept_loop(
                 remote,
                 cert_user: None,
             };
-            if ready.send((Box::new(stream), conn)).await.is_err() {
+            if ready
+                .send((Box::new(crate::authority::AuthorityFix::new(stream)), conn))
+                .await
+                .is_err()
+            {
                 return;
             }
             continue;

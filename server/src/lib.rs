@@ -6,9 +6,13 @@
 //! ([`config`]) and member start-up ([`server`]).
 
 pub mod api;
+#[cfg(not(madsim))]
+pub mod authority;
 pub mod bolt;
 pub mod clock;
 pub mod config;
+#[cfg(not(madsim))]
+pub mod corruption;
 pub mod driver;
 #[cfg(all(test, not(madsim)))]
 mod fuzzing;

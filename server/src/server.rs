@@ -87,6 +87,78 @@ pub struct Member {
     pub client_addrs: Vec<SocketAddr>,
 }
 
+/// `--force-new-cluster` on a restart: rewrites the log so this member applies the removal of
+/// every other member as it starts (etcd's recovery when quorum is lost for good). The data
+/// stays; the member and cluster ids stay; the removed members may never rejoin.
+async fn force_new_cluster(
+    store: &RocksStore,
+    me: Identity,
+    log: PersistedLog,
+) -> Result<PersistedLog, StartError> {
+    use prost::Message as _;
+    use strata_engine::backend::Scan;
+    use strata_engine::state_machine::META_APPLIED_INDEX;
+    use strata_engine::{Bucket, KvBackend, LogIndex};
+    let backend = store.backend();
+    let corrupt = |reason: String| StorageError::Corrupt {
+        path: store.path().display().to_string(),
+        reason,
+    };
+    let backend_error = |e: strata_engine::BackendError| corrupt(e.to_string());
+    let applied = backend
+        .get(Bucket::Meta, META_APPLIED_INDEX)
+        .map_err(backend_error)?
+        .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+        .map_or(0, u64::from_be_bytes);
+    let mut members = Vec::new();
+    let mut undecodable = false;
+    backend
+        .scan(Bucket::Members, b"", None, &mut |_, v| {
+            match MemberRecord::decode(v) {
+                Ok(m) => members.push(m),
+                Err(_) => undecodable = true,
+            }
+            Scan::Continue
+        })
+        .map_err(backend_error)?;
+    if undecodable {
+        return Err(corrupt("a member record does not decode".into()).into());
+    }
+    let pending_conf_change = log.entries.iter().any(|e| {
+        e.index > applied
+            && e.index <= log.hard_state.commit
+            && e.get_entry_type() != raft::eraftpb::EntryType::EntryNormal
+    });
+    let last = log.entries.last().map_or(log.compacted.0 .0, |e| e.index);
+    if pending_conf_change || applied > last {
+        return Err(StartError::Config(
+            "--force-new-cluster: committed changes are not applied yet; start this member once without it, stop it, then retry".into(),
+        ));
+    }
+    let others: Vec<MemberRecord> = members
+        .into_iter()
+        .filter(|m| m.id != me.member_id)
+        .collect();
+    if others.is_empty() {
+        return Ok(log);
+    }
+    let forced = strata_engine::node::force_new_cluster_log(log, LogIndex(applied), &others);
+    let first_new = forced.entries.len() - others.len();
+    let task = strata_engine::node::PersistTask {
+        number: 0,
+        hard_state: Some(forced.hard_state.clone()),
+        entries: forced.entries[first_new..].to_vec(),
+        snapshot: None,
+        must_sync: true,
+    };
+    store.log().persist(vec![task]).await?;
+    tracing::warn!(
+        removed = %others.iter().map(|m| format!("{:x}", m.id)).collect::<Vec<_>>().join(","),
+        "forcing a new cluster of one member: the other members are removed"
+    );
+    Ok(forced)
+}
+
 /// Who this member is and what log it starts from.
 async fn identify(
     cfg: &MemberConfig,
@@ -136,7 +208,11 @@ async fn identify(
             member = %format!("{:x}", found.member_id),
             "restarting member from its data dir"
         );
-        return Ok((found, store.load_log()?, cfg.initial_members.clone()));
+        let mut log = store.load_log()?;
+        if cfg.force_new_cluster {
+            log = force_new_cluster(store, found, log).await?;
+        }
+        return Ok((found, log, cfg.initial_members.clone()));
     }
     if !cfg.join_existing {
         let identity = Identity {
@@ -324,12 +400,20 @@ pub async fn start(
         cfg.advertise_client_urls.clone(),
         listeners,
         ClientService {
-            ctx,
+            ctx: ctx.clone(),
             max_request_bytes: cfg.max_request_bytes as usize,
             max_concurrent_streams: cfg.max_concurrent_streams,
+            initial_corrupt_check: cfg.corruption.initial,
         },
         shutdown.clone(),
     ));
+    if crate::corruption::any_periodic(&cfg.corruption) {
+        tokio::spawn(crate::corruption::run_periodic(
+            ctx,
+            cfg.corruption,
+            shutdown.clone(),
+        ));
+    }
     if cfg.auto_compaction != AutoCompaction::Off {
         tokio::spawn(auto_compact(
             handle.clone(),
@@ -361,13 +445,18 @@ struct ClientService {
     ctx: Ctx,
     max_request_bytes: usize,
     max_concurrent_streams: u32,
+    /// `--experimental-initial-corrupt-check`: compare with the peers before serving.
+    initial_corrupt_check: bool,
 }
 
 /// etcd's start-up order: the client listeners are bound at once (a taken port is a start
 /// error), but answer only once this member's name and client URLs are committed, so that
 /// a client that reaches any member finds every serving member in `member list` (etcd's
 /// `publish` before `ReadyNotify`). A member whose applied membership already shows its
-/// attributes (a restart with the same URLs) serves at once.
+/// attributes (a restart with the same URLs) serves at once. With
+/// `--experimental-initial-corrupt-check`, the member then compares its data with its peers'
+/// (`crate::corruption`) before serving, as etcd does; it asks them on their client URLs,
+/// which it knows once it has caught up with the log that publishes them.
 async fn publish_then_serve(
     handle: Handle,
     name: String,
@@ -395,6 +484,14 @@ async fn publish_then_serve(
         local_member_attributes = %format!("{{Name:{name} ClientURLs:[{}]}}", client_urls.join(" ")),
         "published local member to cluster through raft"
     );
+    if service.initial_corrupt_check {
+        if let Err(e) = crate::corruption::initial_check(&service.ctx).await {
+            // etcd stops here (`lg.Fatal`): a member whose data differs must not serve.
+            tracing::error!(error = %e, "initial corruption check failed");
+            eprintln!("strata: {e}");
+            std::process::exit(1);
+        }
+    }
     for (url, secure, listener) in listeners {
         if secure {
             tracing::info!(address = %url_host_port(&url), "serving client traffic securely");

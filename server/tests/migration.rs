@@ -100,9 +100,6 @@ fn curl_ok(url: &str) -> bool {
 }
 
 fn etcdctl(endpoint: &str, args: &[&str]) -> String {
-    // host:port: etcdctl 3.4 sends a URL endpoint's scheme in `:authority`, which grpc-go
-    // tolerates and the h2 crate refuses (see the README's known differences).
-    let endpoint = endpoint.trim_start_matches("http://");
     let out = Command::new("etcdctl")
         .env("ETCDCTL_API", "3")
         .arg(format!("--endpoints={endpoint}"))

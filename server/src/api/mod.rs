@@ -206,13 +206,19 @@ impl Ctx {
                 None => return Err(status(EtcdError::NoLeader)),
             }
         };
+        self.member_channel(&url)
+    }
+
+    /// A channel to a member's client URL (plain, or TLS with this member's client
+    /// identity), dialed once and reused.
+    pub fn member_channel(&self, url: &str) -> Result<Channel, Status> {
         let mut channels = self.channels.lock().expect("channels lock");
-        if let Some(ch) = channels.get(&url) {
+        if let Some(ch) = channels.get(url) {
             return Ok(ch.clone());
         }
-        let ch = (self.dial_leader)(&url)
-            .map_err(|e| Status::unavailable(format!("leader URL {url}: {e}")))?;
-        channels.insert(url, ch.clone());
+        let ch = (self.dial_leader)(url)
+            .map_err(|e| Status::unavailable(format!("member URL {url}: {e}")))?;
+        channels.insert(url.to_string(), ch.clone());
         Ok(ch)
     }
 }

@@ -1,0 +1,350 @@
+//! etcd's recovery and consistency flags on real processes: `--force-new-cluster` brings back
+//! a cluster of one from a surviving member's data, `--experimental-initial-corrupt-check`
+//! refuses to serve a member whose data differs from its peers' (and lets a healthy one
+//! serve), and `endpoint status --cluster` lists every member the moment the cluster first
+//! reports healthy (members publish their client URLs before they serve).
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{free_port, lone_member, strata_bin, Cluster};
+
+fn health(url: &str) -> bool {
+    Command::new("curl")
+        .args(["-fs", "-m", "2", &format!("{url}/health")])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+fn etcdctl(endpoint: &str, args: &[&str]) -> String {
+    let out = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={endpoint}"))
+        .args(args)
+        .output()
+        .expect("etcdctl");
+    assert!(
+        out.status.success(),
+        "etcdctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn force_new_cluster_recovers_a_cluster_of_one_with_its_data() {
+    let mut cluster = Cluster::start(3);
+    for i in 0..20 {
+        cluster.ok(&["put", &format!("k{i}"), &format!("v{i}")]);
+    }
+    let before = cluster.ok(&["get", "k", "--prefix", "-w", "json"]);
+    let revision = serde_json::from_str::<serde_json::Value>(&before).expect("json")["header"]
+        ["revision"]
+        .clone();
+    for i in 0..3 {
+        cluster.kill9(i);
+    }
+    // The last member standing restarts with its own flags plus --force-new-cluster.
+    cluster.extra_args.push("--force-new-cluster".into());
+    cluster.start_member(0, "new");
+    let m = &cluster.members[0];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !health(&m.client_url()) {
+        assert!(
+            Instant::now() < deadline,
+            "never healthy:\n{}",
+            std::fs::read_to_string(&m.log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let endpoint = m.endpoint();
+    let members = etcdctl(&endpoint, &["member", "list"]);
+    assert_eq!(members.lines().count(), 1, "{members}");
+    let after = etcdctl(&endpoint, &["get", "k", "--prefix", "-w", "json"]);
+    let after: serde_json::Value = serde_json::from_str(&after).expect("json");
+    assert_eq!(after["kvs"].as_array().map(Vec::len), Some(20));
+    let put = etcdctl(&endpoint, &["put", "after", "x", "-w", "json"]);
+    let put: serde_json::Value = serde_json::from_str(&put).expect("json");
+    assert_eq!(
+        put["header"]["revision"].as_i64(),
+        revision.as_i64().map(|r| r + 1)
+    );
+}
+
+/// A one-member store at revision 2 holding `k = value`, saved as an etcd snapshot file.
+fn snapshot_with(dir: &Path, name: &str, value: &str) -> std::path::PathBuf {
+    let client = format!("http://127.0.0.1:{}", free_port());
+    let peer = format!("http://127.0.0.1:{}", free_port());
+    let mut child = lone_member(name, &dir.join(name), &client, &client, &peer)
+        .args(["--initial-cluster", &format!("{name}={peer}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !health(&client) {
+        assert!(Instant::now() < deadline, "source member never healthy");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let endpoint = client.trim_start_matches("http://");
+    etcdctl(endpoint, &["put", "k", value]);
+    let file = dir.join(format!("{name}.db"));
+    etcdctl(
+        endpoint,
+        &["snapshot", "save", file.to_str().expect("utf-8")],
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    file
+}
+
+/// Three members on loopback, each restored from a snapshot file of the caller's choice, so
+/// a test can give one member other data than its peers at the same revision.
+struct Restored {
+    dir: tempfile::TempDir,
+    names: [&'static str; 3],
+    peers: Vec<String>,
+    clients: Vec<String>,
+    initial: String,
+}
+
+impl Restored {
+    fn new() -> Restored {
+        let names = ["a", "b", "c"];
+        let urls = || -> Vec<String> {
+            names
+                .iter()
+                .map(|_| format!("http://127.0.0.1:{}", free_port()))
+                .collect()
+        };
+        let peers = urls();
+        let clients = urls();
+        let initial = names
+            .iter()
+            .zip(&peers)
+            .map(|(n, p)| format!("{n}={p}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        Restored {
+            dir: tempfile::tempdir().expect("tempdir"),
+            names,
+            peers,
+            clients,
+            initial,
+        }
+    }
+
+    fn restore(&self, i: usize, file: &Path) -> std::path::PathBuf {
+        let data = self.dir.path().join(self.names[i]);
+        let _ = std::fs::remove_dir_all(&data);
+        let out = Command::new(strata_bin())
+            .args(["snapshot", "restore"])
+            .arg(file)
+            .args(["--name", self.names[i], "--initial-cluster", &self.initial])
+            .args(["--initial-advertise-peer-urls", &self.peers[i]])
+            .arg("--data-dir")
+            .arg(&data)
+            .output()
+            .expect("restore");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        data
+    }
+
+    fn start(&self, i: usize, file: &Path, flags: &[&str]) -> std::process::Child {
+        self.restore(i, file);
+        self.launch(i, flags)
+    }
+
+    /// Starts member `i` on the data dir it has.
+    fn launch(&self, i: usize, flags: &[&str]) -> std::process::Child {
+        let data = self.dir.path().join(self.names[i]);
+        lone_member(
+            self.names[i],
+            &data,
+            &self.clients[i],
+            &self.clients[i],
+            &self.peers[i],
+        )
+        .args(["--initial-cluster", &self.initial])
+        .args(flags)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(self.log_path(i)).expect("log"))
+        .spawn()
+        .expect("spawn")
+    }
+
+    fn log_path(&self, i: usize) -> std::path::PathBuf {
+        self.dir.path().join(format!("{}.log", self.names[i]))
+    }
+
+    fn log(&self, i: usize) -> String {
+        std::fs::read_to_string(self.log_path(i)).unwrap_or_default()
+    }
+
+    fn wait_healthy(&self, i: usize) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !health(&self.clients[i]) {
+            assert!(
+                Instant::now() < deadline,
+                "{} never healthy:\n{}",
+                self.names[i],
+                self.log(i)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+struct Children(Vec<std::process::Child>);
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+#[test]
+fn the_initial_corrupt_check_refuses_a_member_whose_data_differs() {
+    let cluster = Restored::new();
+    let good = snapshot_with(cluster.dir.path(), "good", "same");
+    let bad = snapshot_with(cluster.dir.path(), "bad", "different");
+    let check = ["--experimental-initial-corrupt-check=true"];
+    // a and b hold the same data; c was restored from another store at the same revision.
+    let mut children = Children(vec![
+        cluster.start(0, &good, &check),
+        cluster.start(1, &good, &check),
+    ]);
+    let mut c = cluster.start(2, &bad, &check);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = c.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "c kept running with different data:\n{}",
+            cluster.log(2)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(!status.success());
+    assert!(cluster
+        .log(2)
+        .contains("found data inconsistency with peers"));
+    assert!(!health(&cluster.clients[2]));
+    // A member whose data matches its peers' passes the check and serves: b, restarted while
+    // a serves (a restart compares against a peer that is up for sure).
+    cluster.wait_healthy(0);
+    cluster.wait_healthy(1);
+    let b = &mut children.0[1];
+    let _ = b.kill();
+    let _ = b.wait();
+    children.0[1] = cluster.launch(1, &check);
+    cluster.wait_healthy(1);
+    let log = cluster.log(1);
+    assert!(log.contains("initial corruption checking passed"), "{log}");
+    // c is down; a answered and agreed.
+    assert_eq!(log.matches("cannot fetch hash").count(), 1, "{log}");
+}
+
+#[test]
+fn the_periodic_check_raises_the_corrupt_alarm_for_a_member_whose_data_differs() {
+    let cluster = Restored::new();
+    let good = snapshot_with(cluster.dir.path(), "good", "same");
+    let bad = snapshot_with(cluster.dir.path(), "bad", "different");
+    let check = [
+        "--experimental-corrupt-check-time=1s",
+        "--experimental-compact-hash-check-enabled=true",
+        "--experimental-compact-hash-check-time=1s",
+    ];
+    let _children = Children(vec![
+        cluster.start(0, &good, &check),
+        cluster.start(1, &good, &check),
+        cluster.start(2, &bad, &check),
+    ]);
+    for i in 0..3 {
+        cluster.wait_healthy(i);
+    }
+    let endpoint = cluster.clients[0].as_str();
+    let c_id = etcdctl(endpoint, &["member", "list"])
+        .lines()
+        .find(|l| l.contains(", c, "))
+        .and_then(|l| l.split(',').next())
+        .expect("c listed")
+        .to_string();
+    let want = format!(
+        "memberID:{} alarm:CORRUPT",
+        u64::from_str_radix(&c_id, 16).expect("hex")
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let alarms = etcdctl(endpoint, &["alarm", "list"]);
+        if alarms.contains(&want) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no CORRUPT alarm for c: {alarms:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn endpoint_status_lists_every_member_once_the_cluster_is_healthy() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let names = ["a", "b", "c"];
+    let peers: Vec<String> = names
+        .iter()
+        .map(|_| format!("http://127.0.0.1:{}", free_port()))
+        .collect();
+    let clients: Vec<String> = names
+        .iter()
+        .map(|_| format!("http://127.0.0.1:{}", free_port()))
+        .collect();
+    let initial = names
+        .iter()
+        .zip(&peers)
+        .map(|(n, p)| format!("{n}={p}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut children: Vec<_> = (0..3)
+        .map(|i| {
+            lone_member(
+                names[i],
+                &dir.path().join(names[i]),
+                &clients[i],
+                &clients[i],
+                &peers[i],
+            )
+            .args(["--initial-cluster", &initial])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn")
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !clients.iter().all(|c| health(c)) {
+        assert!(Instant::now() < deadline, "never healthy");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let endpoint = clients[0].trim_start_matches("http://");
+    let status = etcdctl(endpoint, &["endpoint", "status", "--cluster", "-w", "json"]);
+    let status: serde_json::Value = serde_json::from_str(&status).expect("json");
+    assert_eq!(status.as_array().map(Vec::len), Some(3), "{status}");
+    for child in &mut children {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
