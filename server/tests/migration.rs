@@ -198,16 +198,20 @@ async fn populate(url: &str) -> Populated {
     Populated { compacted }
 }
 
+/// key, value, create revision, mod revision, version, lease.
+type Kv = (Vec<u8>, Vec<u8>, i64, i64, i64, i64);
+/// permission type, key, range end.
+type Perm = (i32, Vec<u8>, Vec<u8>);
+
 /// Everything a client sees of a store, in a comparable form.
 #[derive(Debug, PartialEq, Eq)]
 struct Dump {
     revision: i64,
-    /// (key, value, create, mod, version, lease)
-    kvs: Vec<(Vec<u8>, Vec<u8>, i64, i64, i64, i64)>,
+    kvs: Vec<Kv>,
     /// (id, granted ttl, keys)
     leases: Vec<(i64, i64, Vec<Vec<u8>>)>,
     users: Vec<(String, Vec<String>)>,
-    roles: Vec<(String, Vec<(i32, Vec<u8>, Vec<u8>)>)>,
+    roles: Vec<(String, Vec<Perm>)>,
     hash_kv: (u32, i64),
 }
 
@@ -263,13 +267,7 @@ async fn dump(url: &str) -> Dump {
             .expect("role")
             .permissions()
             .iter()
-            .map(|p| {
-                (
-                    p.get_type() as i32,
-                    p.key().to_vec(),
-                    p.range_end().to_vec(),
-                )
-            })
+            .map(|p| (p.get_type(), p.key().to_vec(), p.range_end().to_vec()))
             .collect();
         roles.push((name, perms));
     }

@@ -26,7 +26,45 @@ pub struct MaintenanceService(pub Ctx);
 type SnapshotStream = Pin<Box<dyn Stream<Item = Result<SnapshotResponse, Status>> + Send>>;
 
 /// Snapshot messages buffered ahead of a slow client.
+#[cfg(not(madsim))]
 const SNAPSHOT_QUEUE: usize = 4;
+
+/// The snapshot's messages as they are written: the file work runs on the blocking pool and
+/// hands over [`save::CHUNK`]s through a bounded channel, so memory stays bounded and the
+/// async workers never wait on the disk. A failure ends the stream with `INTERNAL`.
+#[cfg(not(madsim))]
+fn stream_snapshot(
+    export: crate::driver::BackendExport,
+    message: impl Fn(save::Chunk) -> SnapshotResponse + Send + 'static,
+) -> SnapshotStream {
+    let (tx, rx) = tokio::sync::mpsc::channel(SNAPSHOT_QUEUE);
+    tokio::task::spawn_blocking(move || {
+        let mut send = |chunk| tx.blocking_send(Ok(message(chunk))).is_ok();
+        if let Err(e) = save::save(export, &mut send) {
+            tracing::warn!(error = %e, "snapshot failed");
+            let _ = tx.blocking_send(Err(Status::internal(e.to_string())));
+        }
+    });
+    Box::pin(futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|msg| (msg, rx))
+    }))
+}
+
+/// The simulator has no blocking pool, and its stores are small: the file is made at once.
+#[cfg(madsim)]
+fn stream_snapshot(
+    export: crate::driver::BackendExport,
+    message: impl Fn(save::Chunk) -> SnapshotResponse + Send + 'static,
+) -> SnapshotStream {
+    let mut messages = Vec::new();
+    if let Err(e) = save::save(export, &mut |chunk| {
+        messages.push(Ok(message(chunk)));
+        true
+    }) {
+        messages.push(Err(Status::internal(e.to_string())));
+    }
+    Box::pin(futures::stream::iter(messages))
+}
 
 #[tonic::async_trait]
 impl Maintenance for MaintenanceService {
@@ -76,34 +114,13 @@ impl Maintenance for MaintenanceService {
             .map_err(status)?
             .map_err(|e| Status::internal(e.to_string()))?;
         let header = self.0.header();
-        let (tx, rx) = tokio::sync::mpsc::channel(SNAPSHOT_QUEUE);
-        tokio::task::spawn_blocking(move || {
-            let sent = save::scratch_file(&export.scratch_dir)
-                .map_err(save::SaveError::from)
-                .and_then(|file| save::write_db(export.records, file))
-                .and_then(|(file, db_len)| {
-                    let mut send = |chunk: save::Chunk| {
-                        let msg = SnapshotResponse {
-                            header: Some(header),
-                            remaining_bytes: chunk.remaining_bytes,
-                            blob: chunk.blob,
-                            version: ETCD_VERSION.to_string(),
-                        };
-                        tx.blocking_send(Ok(msg)).is_ok()
-                    };
-                    Ok(save::stream_file(file, db_len, &mut send)?)
-                });
-            if let Err(e) = sent {
-                tracing::warn!(error = %e, "snapshot failed");
-                let _ = tx.blocking_send(Err(Status::internal(e.to_string())));
-            }
-        });
-        let stream =
-            futures::stream::unfold(
-                rx,
-                |mut rx| async move { rx.recv().await.map(|msg| (msg, rx)) },
-            );
-        Ok(Resp::new(Box::pin(stream)))
+        let message = move |chunk: save::Chunk| SnapshotResponse {
+            header: Some(header),
+            remaining_bytes: chunk.remaining_bytes,
+            blob: chunk.blob,
+            version: ETCD_VERSION.to_string(),
+        };
+        Ok(Resp::new(stream_snapshot(export, message)))
     }
 
     async fn move_leader(

@@ -9,6 +9,9 @@ use std::collections::HashSet;
 
 use super::*;
 
+/// What [`BoltReader::for_each`] calls with each key and value.
+pub type Visit<'a, E> = dyn FnMut(&[u8], &[u8]) -> Result<(), E> + 'a;
+
 /// Deeper trees are cycles: a bbolt tree of 4 KiB pages holding 2^64 keys is 20 levels deep.
 const MAX_DEPTH: usize = 64;
 
@@ -252,7 +255,7 @@ impl<R: ReadAt> BoltReader<R> {
     pub fn for_each<E: From<BoltError>>(
         &self,
         name: &[u8],
-        visit: &mut dyn FnMut(&[u8], &[u8]) -> Result<(), E>,
+        visit: &mut Visit<'_, E>,
     ) -> Result<bool, E> {
         let Some(header) = self.bucket_value(name)? else {
             return Ok(false);

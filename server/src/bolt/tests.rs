@@ -62,7 +62,9 @@ fn reads_a_file_real_etcd_wrote() {
     assert!(reader.check().expect("consistent") > 2);
 }
 
-fn write(buckets: &[(&[u8], Vec<(Vec<u8>, Vec<u8>)>)]) -> Vec<u8> {
+type Items = Vec<(Vec<u8>, Vec<u8>)>;
+
+fn write(buckets: &[(&[u8], Items)]) -> Vec<u8> {
     let mut writer = BoltWriter::new(Cursor::new(Vec::new())).expect("new");
     for (name, items) in buckets {
         let mut bucket = writer.bucket(name).expect("bucket");
@@ -89,7 +91,7 @@ fn written_files_read_back_exactly() {
         (b"c".to_vec(), b"small".to_vec()),
     ];
     let small = vec![(b"x".to_vec(), b"y".to_vec())];
-    let buckets: Vec<(&[u8], Vec<(Vec<u8>, Vec<u8>)>)> = vec![
+    let buckets: Vec<(&[u8], Items)> = vec![
         (b"meta", small.clone()),
         (b"key", many.clone()),
         (b"alarm", Vec::new()),

@@ -32,6 +32,11 @@ use strata_engine::proto::strata::internal::{LeaseRecord, MemberRecord};
 use strata_engine::state_machine::{META_APPLIED_INDEX, META_APPLIED_TERM, META_CONF_STATE};
 use strata_engine::Bucket;
 
+/// A record of an etcd bucket: key, value.
+pub type EtcdRecord = (Vec<u8>, Vec<u8>);
+/// A Strata backend record: bucket, key, value.
+pub type StrataRecord = (Bucket, Vec<u8>, Vec<u8>);
+
 /// etcd's buckets, in bbolt's (byte) order.
 pub const ETCD_BUCKETS: [&[u8]; 10] = [
     b"alarm",
@@ -132,11 +137,7 @@ fn member_json(m: &MemberRecord) -> Vec<u8> {
 }
 
 /// One Strata backend record in etcd's form: `None` for records etcd does not store.
-pub fn export(
-    bucket: Bucket,
-    key: &[u8],
-    value: &[u8],
-) -> Result<Option<(Vec<u8>, Vec<u8>)>, LayoutError> {
+pub fn export(bucket: Bucket, key: &[u8], value: &[u8]) -> Result<Option<EtcdRecord>, LayoutError> {
     let bad = |reason: &str| layout_error(etcd_bucket(bucket), key, reason);
     let record = match bucket {
         Bucket::Key | Bucket::Lease | Bucket::AuthUsers | Bucket::AuthRoles => {
@@ -184,7 +185,7 @@ pub fn export(
 
 /// The `meta` records etcd keeps for a compaction at `compact_revision` (both marks: the
 /// compaction is finished).
-pub fn export_compaction(compact_revision: i64) -> Vec<(Vec<u8>, Vec<u8>)> {
+pub fn export_compaction(compact_revision: i64) -> Vec<EtcdRecord> {
     vec![
         (
             META_FINISHED_COMPACT.to_vec(),
@@ -253,7 +254,7 @@ impl Importer {
         bucket: &[u8],
         key: &[u8],
         value: &[u8],
-    ) -> Result<Option<(Bucket, Vec<u8>, Vec<u8>)>, LayoutError> {
+    ) -> Result<Option<StrataRecord>, LayoutError> {
         self.keys += 1;
         let bad = |reason: String| layout_error(bucket, key, reason);
         let keep = |b: Bucket| Ok(Some((b, key.to_vec(), value.to_vec())));
@@ -363,7 +364,7 @@ impl Importer {
     }
 
     /// The Strata `Meta` records of the revisions.
-    pub fn revision_records(revisions: &ImportedRevisions) -> Vec<(Bucket, Vec<u8>, Vec<u8>)> {
+    pub fn revision_records(revisions: &ImportedRevisions) -> Vec<StrataRecord> {
         let mut records = vec![(
             Bucket::Meta,
             CURRENT_REVISION_KEY.to_vec(),

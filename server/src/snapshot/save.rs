@@ -35,6 +35,17 @@ pub enum SaveError {
     OutOfOrder(Bucket),
 }
 
+/// Writes the export as etcd's database into a scratch file beside the backend, then hands
+/// it to `send` chunk by chunk, its SHA-256 last.
+pub fn save(
+    export: crate::driver::BackendExport,
+    send: &mut dyn FnMut(Chunk) -> bool,
+) -> Result<(), SaveError> {
+    let file = scratch_file(&export.scratch_dir)?;
+    let (file, db_len) = write_db(export.records, file)?;
+    Ok(stream_file(file, db_len, send)?)
+}
+
 /// Writes `records` (bucket by bucket in [`Bucket::ALL`] order) as etcd's backend into `out`;
 /// returns it and the database's length.
 pub fn write_db<I>(records: I, out: File) -> Result<(File, u64), SaveError>

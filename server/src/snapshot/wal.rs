@@ -188,10 +188,12 @@ mod tests {
     }
 
     fn entry(index: u64, data: &[u8]) -> Vec<u8> {
-        let mut e = Entry::default();
-        e.index = index;
-        e.term = 2;
-        e.data = data.to_vec().into();
+        let e = Entry {
+            index,
+            term: 2,
+            data: data.to_vec().into(),
+            ..Default::default()
+        };
         e.write_to_bytes().expect("encode")
     }
 
@@ -212,8 +214,10 @@ mod tests {
         for (i, data) in [(1, &put[..]), (2, b""), (3, b"c"), (4, b"d")] {
             wal.extend(frame(ENTRY_TYPE, entry(i, data)));
         }
-        let mut hs = HardState::default();
-        hs.commit = 3;
+        let hs = HardState {
+            commit: 3,
+            ..Default::default()
+        };
         wal.extend(frame(STATE_TYPE, hs.write_to_bytes().expect("encode")));
         // Index 3 rewritten by a new leader: the old 3 and 4 are gone.
         wal.extend(frame(ENTRY_TYPE, entry(3, b"")));
