@@ -148,7 +148,7 @@ load() { # SYSTEM: $keys keys 0..keys-1 of $value_bytes, each written once; fail
     --total "$keys" --key-size "$key_bytes" --val-size "$value_bytes" \
     put --sequential-keys --key-space-size "$keys" >&2
   res[$system,load_s]=$(seconds "$t0" "$(now)")
-  count=$(etcdctl --endpoints "$(endpoint "$system")" get "" --from-key --count-only -w json |
+  count=$(etcdctl --endpoints "$(endpoint "$system")" get "" --from-key --keys-only --limit 1 -w json |
     sed -n 's/.*"count":\([0-9]*\).*/\1/p')
   [ "${count:-0}" -ge "$keys" ] || die "$system holds ${count:-0} keys after the load, not $keys"
   res[$system,db_bytes]=$(etcdctl --endpoints "$(endpoint "$system")" endpoint status -w json |

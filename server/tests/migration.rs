@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{free_port, lone_member, runtime, strata_bin};
+use common::{etcdctl_ok, free_port, healthy, lone_member, run, runtime, strata_bin, Plan};
 use etcd_client::{
     Client, ConnectOptions, GetOptions, LeaseTimeToLiveOptions, Permission, PutOptions,
     WatchOptions,
@@ -72,7 +72,7 @@ impl Server {
             log,
         };
         let deadline = Instant::now() + Duration::from_secs(30);
-        while !curl_ok(&format!("{}/health", server.client_url)) {
+        while !healthy(&server.client_url) {
             assert!(
                 Instant::now() < deadline,
                 "{} never healthy; log:\n{}",
@@ -92,39 +92,43 @@ impl Server {
     }
 }
 
-fn curl_ok(url: &str) -> bool {
-    Command::new("curl")
-        .args(["-fs", "-m", "2", url])
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
+/// `etcdctl` as root (auth is on once a store is populated).
 fn etcdctl(endpoint: &str, args: &[&str]) -> String {
-    let out = Command::new("etcdctl")
-        .env("ETCDCTL_API", "3")
-        .arg(format!("--endpoints={endpoint}"))
-        .args(["--user", "root:rootpw"])
-        .args(args)
-        .output()
-        .expect("etcdctl");
-    assert!(
-        out.status.success(),
-        "etcdctl {args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    let mut with_user = vec!["--user", "root:rootpw"];
+    with_user.extend_from_slice(args);
+    etcdctl_ok(endpoint, &with_user)
 }
 
-fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().expect("run");
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+/// Saves a snapshot of the store at `url` into `file`; etcd's `snapshot status` and Strata's
+/// must print the same. Returns it.
+fn save_snapshot(url: &str, file: &Path) -> serde_json::Value {
+    etcdctl(url, &["snapshot", "save", file.to_str().expect("utf-8")]);
+    let theirs = run(Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .args(["snapshot", "status", "-w", "json"])
+        .arg(file));
+    let ours = run(Command::new(strata_bin())
+        .args(["snapshot", "status", "-w", "json"])
+        .arg(file));
+    assert_eq!(ours.trim(), theirs.trim());
+    serde_json::from_str(&theirs).expect("json")
+}
+
+/// `TOOL snapshot restore FILE` (`etcdctl` or `strata`) for a one-member cluster `name`.
+fn restore(tool: &str, file: &Path, name: &str, peer: &str, data: &Path) {
+    run(Command::new(tool)
+        .env("ETCDCTL_API", "3")
+        .args(["snapshot", "restore"])
+        .arg(file)
+        .args([
+            "--name",
+            name,
+            "--initial-cluster",
+            &format!("{name}={peer}"),
+        ])
+        .args(["--initial-advertise-peer-urls", peer])
+        .arg("--data-dir")
+        .arg(data));
 }
 
 async fn connect(url: &str, auth: bool) -> Client {
@@ -357,31 +361,12 @@ fn an_etcd_snapshot_restores_into_strata_with_everything_a_client_sees() {
     let populated = rt.block_on(populate(&etcd.client_url));
     let want = rt.block_on(dump(&etcd.client_url));
     let file = dir.path().join("etcd.db");
-    etcdctl(
-        &etcd.client_url,
-        &["snapshot", "save", file.to_str().expect("utf-8")],
-    );
+    save_snapshot(&etcd.client_url, &file);
     etcd.stop();
-
-    // etcd's own tool and Strata's agree on what the file holds.
-    let theirs = run(Command::new("etcdctl")
-        .env("ETCDCTL_API", "3")
-        .args(["snapshot", "status", "-w", "json"])
-        .arg(&file));
-    let ours = run(Command::new(strata_bin())
-        .args(["snapshot", "status", "-w", "json"])
-        .arg(&file));
-    assert_eq!(ours.trim(), theirs.trim());
 
     let peer = format!("http://127.0.0.1:{}", free_port());
     let data = dir.path().join("strata");
-    run(Command::new(strata_bin())
-        .args(["snapshot", "restore"])
-        .arg(&file)
-        .args(["--name", "s", "--initial-cluster", &format!("s={peer}")])
-        .args(["--initial-advertise-peer-urls", &peer])
-        .arg("--data-dir")
-        .arg(&data));
+    restore(strata_bin(), &file, "s", &peer, &data);
     let strata = Server::strata(&data, "s", &peer, "etcd-cluster");
     let got = rt.block_on(dump(&strata.client_url));
     assert_same(&want, &got);
@@ -397,38 +382,13 @@ fn a_strata_snapshot_restores_into_real_etcd_with_everything_a_client_sees() {
     let populated = rt.block_on(populate(&strata.client_url));
     let want = rt.block_on(dump(&strata.client_url));
     let file = dir.path().join("strata.db");
-    etcdctl(
-        &strata.client_url,
-        &["snapshot", "save", file.to_str().expect("utf-8")],
-    );
-    strata.stop();
-
-    let status = run(Command::new("etcdctl")
-        .env("ETCDCTL_API", "3")
-        .args(["snapshot", "status", "-w", "json"])
-        .arg(&file));
-    let ours = run(Command::new(strata_bin())
-        .args(["snapshot", "status", "-w", "json"])
-        .arg(&file));
-    assert_eq!(ours.trim(), status.trim());
-    let status: serde_json::Value = serde_json::from_str(&status).expect("json");
+    let status = save_snapshot(&strata.client_url, &file);
     assert_eq!(status["revision"], want.revision, "{status}");
+    strata.stop();
 
     let etcd_peer = format!("http://127.0.0.1:{}", free_port());
     let data = dir.path().join("etcd");
-    run(Command::new("etcdctl")
-        .env("ETCDCTL_API", "3")
-        .args(["snapshot", "restore"])
-        .arg(&file)
-        .args([
-            "--name",
-            "e",
-            "--initial-cluster",
-            &format!("e={etcd_peer}"),
-        ])
-        .args(["--initial-advertise-peer-urls", &etcd_peer])
-        .arg("--data-dir")
-        .arg(&data));
+    restore("etcdctl", &file, "e", &etcd_peer, &data);
     let etcd = Server::etcd(&data, "e", &etcd_peer, "etcd-cluster");
     let got = rt.block_on(dump(&etcd.client_url));
     assert_same(&want, &got);
@@ -444,55 +404,25 @@ fn one_etcd_snapshot_seeds_a_three_member_strata_cluster() {
     rt.block_on(populate(&etcd.client_url));
     let want = rt.block_on(dump(&etcd.client_url));
     let file = dir.path().join("etcd.db");
-    etcdctl(
-        &etcd.client_url,
-        &["snapshot", "save", file.to_str().expect("utf-8")],
-    );
+    save_snapshot(&etcd.client_url, &file);
     etcd.stop();
 
-    let names = ["a", "b", "c"];
-    let peers: Vec<String> = names
-        .iter()
-        .map(|_| format!("http://127.0.0.1:{}", free_port()))
-        .collect();
-    let clients: Vec<String> = names
-        .iter()
-        .map(|_| format!("http://127.0.0.1:{}", free_port()))
-        .collect();
-    let initial: Vec<String> = names
-        .iter()
-        .zip(&peers)
-        .map(|(n, p)| format!("{n}={p}"))
-        .collect();
-    let initial = initial.join(",");
+    let plan = Plan::new(&["a", "b", "c"]);
     let mut children = Vec::new();
     for i in 0..3 {
-        let data = dir.path().join(names[i]);
-        run(Command::new(strata_bin())
-            .args(["snapshot", "restore"])
-            .arg(&file)
-            .args(["--name", names[i], "--initial-cluster", &initial])
-            .args(["--initial-cluster-token", "recovered"])
-            .args(["--initial-advertise-peer-urls", &peers[i]])
-            .arg("--data-dir")
-            .arg(&data));
-        let log = dir.path().join(format!("{}.log", names[i]));
-        let child = lone_member(names[i], &data, &clients[i], &clients[i], &peers[i])
-            .args(["--initial-cluster", &initial])
-            .args(["--initial-cluster-token", "recovered"])
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log"))
-            .spawn()
-            .expect("spawn strata");
+        let data = dir.path().join(&plan.names[i]);
+        plan.restore(i, &file, &data);
+        let log = dir.path().join(format!("{}.log", plan.names[i]));
+        let child = plan.member(i, &data, &log).spawn().expect("spawn strata");
         children.push(Server {
             child,
-            client_url: clients[i].clone(),
+            client_url: plan.clients[i].clone(),
             log,
         });
     }
     for member in &children {
         let deadline = Instant::now() + Duration::from_secs(30);
-        while !curl_ok(&format!("{}/health", member.client_url)) {
+        while !healthy(&member.client_url) {
             assert!(
                 Instant::now() < deadline,
                 "{} never healthy",
@@ -501,7 +431,7 @@ fn one_etcd_snapshot_seeds_a_three_member_strata_cluster() {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
-    let members = etcdctl(&clients[0], &["member", "list"]);
+    let members = etcdctl(&plan.clients[0], &["member", "list"]);
     assert_eq!(members.lines().count(), 3, "{members}");
     for member in &children {
         let got = rt.block_on(dump(&member.client_url));

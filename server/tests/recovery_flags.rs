@@ -7,32 +7,10 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{free_port, lone_member, strata_bin, Cluster};
-
-fn health(url: &str) -> bool {
-    Command::new("curl")
-        .args(["-fs", "-m", "2", &format!("{url}/health")])
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
-fn etcdctl(endpoint: &str, args: &[&str]) -> String {
-    let out = Command::new("etcdctl")
-        .env("ETCDCTL_API", "3")
-        .arg(format!("--endpoints={endpoint}"))
-        .args(args)
-        .output()
-        .expect("etcdctl");
-    assert!(
-        out.status.success(),
-        "etcdctl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+use common::{etcdctl_ok as etcdctl, free_port, healthy as health, lone_member, Cluster, Plan};
 
 #[test]
 fn force_new_cluster_recovers_a_cluster_of_one_with_its_data() {
@@ -105,83 +83,38 @@ fn snapshot_with(dir: &Path, name: &str, value: &str) -> std::path::PathBuf {
 /// a test can give one member other data than its peers at the same revision.
 struct Restored {
     dir: tempfile::TempDir,
-    names: [&'static str; 3],
-    peers: Vec<String>,
-    clients: Vec<String>,
-    initial: String,
+    plan: Plan,
 }
 
 impl Restored {
     fn new() -> Restored {
-        let names = ["a", "b", "c"];
-        let urls = || -> Vec<String> {
-            names
-                .iter()
-                .map(|_| format!("http://127.0.0.1:{}", free_port()))
-                .collect()
-        };
-        let peers = urls();
-        let clients = urls();
-        let initial = names
-            .iter()
-            .zip(&peers)
-            .map(|(n, p)| format!("{n}={p}"))
-            .collect::<Vec<_>>()
-            .join(",");
         Restored {
             dir: tempfile::tempdir().expect("tempdir"),
-            names,
-            peers,
-            clients,
-            initial,
+            plan: Plan::new(&["a", "b", "c"]),
         }
     }
 
-    fn restore(&self, i: usize, file: &Path) -> std::path::PathBuf {
-        let data = self.dir.path().join(self.names[i]);
-        let _ = std::fs::remove_dir_all(&data);
-        let out = Command::new(strata_bin())
-            .args(["snapshot", "restore"])
-            .arg(file)
-            .args(["--name", self.names[i], "--initial-cluster", &self.initial])
-            .args(["--initial-advertise-peer-urls", &self.peers[i]])
-            .arg("--data-dir")
-            .arg(&data)
-            .output()
-            .expect("restore");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        data
+    fn data_dir(&self, i: usize) -> std::path::PathBuf {
+        self.dir.path().join(&self.plan.names[i])
     }
 
     fn start(&self, i: usize, file: &Path, flags: &[&str]) -> std::process::Child {
-        self.restore(i, file);
+        let _ = std::fs::remove_dir_all(self.data_dir(i));
+        self.plan.restore(i, file, &self.data_dir(i));
         self.launch(i, flags)
     }
 
     /// Starts member `i` on the data dir it has.
     fn launch(&self, i: usize, flags: &[&str]) -> std::process::Child {
-        let data = self.dir.path().join(self.names[i]);
-        lone_member(
-            self.names[i],
-            &data,
-            &self.clients[i],
-            &self.clients[i],
-            &self.peers[i],
-        )
-        .args(["--initial-cluster", &self.initial])
-        .args(flags)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(self.log_path(i)).expect("log"))
-        .spawn()
-        .expect("spawn")
+        self.plan
+            .member(i, &self.data_dir(i), &self.log_path(i))
+            .args(flags)
+            .spawn()
+            .expect("spawn")
     }
 
     fn log_path(&self, i: usize) -> std::path::PathBuf {
-        self.dir.path().join(format!("{}.log", self.names[i]))
+        self.dir.path().join(format!("{}.log", self.plan.names[i]))
     }
 
     fn log(&self, i: usize) -> String {
@@ -190,11 +123,11 @@ impl Restored {
 
     fn wait_healthy(&self, i: usize) {
         let deadline = Instant::now() + Duration::from_secs(30);
-        while !health(&self.clients[i]) {
+        while !health(&self.plan.clients[i]) {
             assert!(
                 Instant::now() < deadline,
                 "{} never healthy:\n{}",
-                self.names[i],
+                self.plan.names[i],
                 self.log(i)
             );
             std::thread::sleep(Duration::from_millis(100));
@@ -241,7 +174,7 @@ fn the_initial_corrupt_check_refuses_a_member_whose_data_differs() {
     assert!(cluster
         .log(2)
         .contains("found data inconsistency with peers"));
-    assert!(!health(&cluster.clients[2]));
+    assert!(!health(&cluster.plan.clients[2]));
     // A member whose data matches its peers' passes the check and serves: b, restarted while
     // a serves (a restart compares against a peer that is up for sure).
     cluster.wait_healthy(0);
@@ -275,7 +208,7 @@ fn the_periodic_check_raises_the_corrupt_alarm_for_a_member_whose_data_differs()
     for i in 0..3 {
         cluster.wait_healthy(i);
     }
-    let endpoint = cluster.clients[0].as_str();
+    let endpoint = cluster.plan.clients[0].as_str();
     let c_id = etcdctl(endpoint, &["member", "list"])
         .lines()
         .find(|l| l.contains(", c, "))
@@ -303,48 +236,25 @@ fn the_periodic_check_raises_the_corrupt_alarm_for_a_member_whose_data_differs()
 #[test]
 fn endpoint_status_lists_every_member_once_the_cluster_is_healthy() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let names = ["a", "b", "c"];
-    let peers: Vec<String> = names
-        .iter()
-        .map(|_| format!("http://127.0.0.1:{}", free_port()))
-        .collect();
-    let clients: Vec<String> = names
-        .iter()
-        .map(|_| format!("http://127.0.0.1:{}", free_port()))
-        .collect();
-    let initial = names
-        .iter()
-        .zip(&peers)
-        .map(|(n, p)| format!("{n}={p}"))
-        .collect::<Vec<_>>()
-        .join(",");
-    let mut children: Vec<_> = (0..3)
-        .map(|i| {
-            lone_member(
-                names[i],
-                &dir.path().join(names[i]),
-                &clients[i],
-                &clients[i],
-                &peers[i],
-            )
-            .args(["--initial-cluster", &initial])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn")
-        })
-        .collect();
+    let plan = Plan::new(&["a", "b", "c"]);
+    let _children = Children(
+        (0..3)
+            .map(|i| {
+                let data = dir.path().join(&plan.names[i]);
+                let log = dir.path().join(format!("{}.log", plan.names[i]));
+                plan.member(i, &data, &log).spawn().expect("spawn")
+            })
+            .collect(),
+    );
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !clients.iter().all(|c| health(c)) {
+    while !plan.clients.iter().all(|c| health(c)) {
         assert!(Instant::now() < deadline, "never healthy");
         std::thread::sleep(Duration::from_millis(20));
     }
-    let endpoint = clients[0].trim_start_matches("http://");
-    let status = etcdctl(endpoint, &["endpoint", "status", "--cluster", "-w", "json"]);
+    let status = etcdctl(
+        &plan.clients[0],
+        &["endpoint", "status", "--cluster", "-w", "json"],
+    );
     let status: serde_json::Value = serde_json::from_str(&status).expect("json");
     assert_eq!(status.as_array().map(Vec::len), Some(3), "{status}");
-    for child in &mut children {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
 }

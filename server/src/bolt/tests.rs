@@ -125,6 +125,23 @@ fn written_files_read_back_exactly() {
 }
 
 #[test]
+fn large_values_are_packed_like_bbolts_nodes() {
+    let items: Items = (0..1000u32)
+        .map(|i| (format!("{i:08}").into_bytes(), vec![7u8; 4096]))
+        .collect();
+    let bytes = write(&[(b"key", items.clone())]);
+    let data = items.len() * (8 + 4096);
+    assert!(
+        bytes.len() < data * 11 / 10,
+        "{} bytes of file for {data} bytes of data",
+        bytes.len()
+    );
+    let reader = BoltReader::open(bytes.as_slice(), bytes.len() as u64).expect("open");
+    reader.check().expect("consistent");
+    assert_eq!(entries(&reader, b"key"), items);
+}
+
+#[test]
 fn the_writer_refuses_misuse() {
     let mut writer = BoltWriter::new(Cursor::new(Vec::new())).expect("new");
     let mut bucket = writer.bucket(b"b").expect("bucket");

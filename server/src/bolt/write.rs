@@ -2,8 +2,8 @@
 //! as entries arrive, each branch level once the level below is complete, the root bucket
 //! last, then the two meta pages at the front.
 //!
-//! Layout, as bbolt's own files: pages of [`PAGE_SIZE`], leaves filled up to a page (an entry
-//! larger than a page gets a page with overflow pages of its own), branch keys equal to their
+//! Layout, as bbolt's own files: pages of [`PAGE_SIZE`], leaves filled up to a page (a leaf
+//! holding an entry larger than a page spans overflow pages, up to 16 pages), branch keys equal to their
 //! child's first key, buckets of at most a quarter page stored inline, no freelist (as etcd
 //! writes its files), every page from 2 to the high-water mark reachable. Memory holds one
 //! leaf page and one (first key, page id) pair per page of the level being built.
@@ -11,6 +11,9 @@
 use std::io::{Seek, SeekFrom, Write};
 
 use super::*;
+
+/// The most a leaf of large values spans (16 pages).
+const MAX_OVERFLOW_LEAF: usize = 16 * PAGE_SIZE;
 
 /// A bucket whose inline page is at most this large is stored inline (bbolt's rule).
 const MAX_INLINE_BUCKET_SIZE: usize = PAGE_SIZE / 4;
@@ -166,7 +169,16 @@ impl Tree {
         value: Vec<u8>,
     ) -> Result<(), BoltError> {
         let size = LEAF_ELEMENT_SIZE + key.len() + value.len();
-        if !self.leaf.is_empty() && PAGE_HEADER_SIZE + self.leaf_bytes + size > PAGE_SIZE {
+        // A leaf fills one page; once it overflows anyway (an element larger than a page), it
+        // takes elements up to MAX_OVERFLOW_LEAF, so large values do not each waste most of
+        // an overflow page (4 KiB values would take 8 KiB each).
+        let overflowing = PAGE_HEADER_SIZE + self.leaf_bytes.max(size) > PAGE_SIZE;
+        let limit = if overflowing {
+            MAX_OVERFLOW_LEAF
+        } else {
+            PAGE_SIZE
+        };
+        if !self.leaf.is_empty() && PAGE_HEADER_SIZE + self.leaf_bytes + size > limit {
             self.flush_leaf(writer)?;
         }
         self.leaf_bytes += size;

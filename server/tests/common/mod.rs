@@ -160,6 +160,94 @@ pub fn free_port() -> u16 {
     }
 }
 
+/// Whether `url`'s `/health` answers 200.
+pub fn healthy(url: &str) -> bool {
+    Command::new("curl")
+        .args(["-fs", "-m", "2", &format!("{url}/health")])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// Runs `cmd`, which must succeed; returns its stdout.
+pub fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("run");
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `etcdctl` (API 3) against `endpoint` with `args`, which must succeed; returns stdout.
+pub fn etcdctl_ok(endpoint: &str, args: &[&str]) -> String {
+    run(Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={endpoint}"))
+        .args(args))
+}
+
+/// A cluster's names and loopback URLs, ports free: `--initial-cluster` and each member's
+/// peer and client URL.
+pub struct Plan {
+    pub names: Vec<String>,
+    pub peers: Vec<String>,
+    pub clients: Vec<String>,
+    pub initial: String,
+}
+
+impl Plan {
+    pub fn new(names: &[&str]) -> Plan {
+        let urls = || -> Vec<String> {
+            names
+                .iter()
+                .map(|_| format!("http://127.0.0.1:{}", free_port()))
+                .collect()
+        };
+        let peers = urls();
+        let clients = urls();
+        let initial = names
+            .iter()
+            .zip(&peers)
+            .map(|(n, p)| format!("{n}={p}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        Plan {
+            names: names.iter().map(|n| n.to_string()).collect(),
+            peers,
+            clients,
+            initial,
+        }
+    }
+
+    /// Member `i` started on `data_dir` (with `--initial-cluster`), its stderr to `log`.
+    pub fn member(&self, i: usize, data_dir: &std::path::Path, log: &std::path::Path) -> Command {
+        let mut cmd = lone_member(
+            &self.names[i],
+            data_dir,
+            &self.clients[i],
+            &self.clients[i],
+            &self.peers[i],
+        );
+        cmd.args(["--initial-cluster", &self.initial])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log).expect("log file"));
+        cmd
+    }
+
+    /// `strata snapshot restore FILE` for member `i` into `data_dir`.
+    pub fn restore(&self, i: usize, file: &std::path::Path, data_dir: &std::path::Path) {
+        run(Command::new(strata_bin())
+            .args(["snapshot", "restore"])
+            .arg(file)
+            .args(["--name", &self.names[i], "--initial-cluster", &self.initial])
+            .args(["--initial-advertise-peer-urls", &self.peers[i]])
+            .arg("--data-dir")
+            .arg(data_dir));
+    }
+}
+
 pub fn strata_bin() -> &'static str {
     env!("CARGO_BIN_EXE_strata")
 }
