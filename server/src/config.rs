@@ -1317,6 +1317,32 @@ mod tests {
         assert_eq!(c.progress_notify_interval, Duration::from_secs(600));
         let e = flags(&["--experimental-watch-progress-notify-interval", "soon"]).unwrap_err();
         assert!(e.contains("progress-notify-interval"), "{e}");
+        // The consistency checks, recovery and stream flags, in Go's forms.
+        let c = flags(&[
+            "--experimental-initial-corrupt-check=true",
+            "--experimental-corrupt-check-time=5m",
+            "--experimental-compact-hash-check-enabled",
+            "--max-concurrent-streams=100",
+            "--force-new-cluster=false",
+            "--strict-reconfig-check",
+        ])
+        .expect("valid");
+        assert_eq!(
+            c.corruption,
+            CorruptionChecks {
+                initial: true,
+                periodic: Some(Duration::from_secs(300)),
+                compact_hash: Some(Duration::from_secs(60)),
+            }
+        );
+        assert_eq!(c.max_concurrent_streams, 100);
+        assert!(!c.force_new_cluster);
+        let c = flags(&["--experimental-corrupt-check-time", "0s"]).expect("off");
+        assert_eq!(c.corruption, CorruptionChecks::default());
+        let e = flags(&["--strict-reconfig-check=false"]).unwrap_err();
+        assert!(e.contains("not supported"), "{e}");
+        let e = flags(&["--experimental-corrupt-check-time", "often"]).unwrap_err();
+        assert!(e.contains("--experimental-corrupt-check-time"), "{e}");
         // An https metrics URL needs the client port's certificates.
         let e = flags(&["--listen-metrics-urls", "https://127.0.0.1:2381"]).unwrap_err();
         assert!(e.contains("--cert-file"), "{e}");

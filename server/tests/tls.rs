@@ -83,7 +83,16 @@ fn eventually(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
 /// is refused in the handshake, as is plaintext and TLS 1.1.
 #[test]
 fn a_tls_cluster_serves_certified_clients_and_refuses_the_rest() {
-    let c = Cluster::start_tls(3, &[]);
+    // kubeadm's manifest flags besides TLS (the metrics listener is readiness.rs's): the
+    // initial corruption check runs over TLS with each member's client certificate.
+    let c = Cluster::start_tls(
+        3,
+        &[
+            "--experimental-initial-corrupt-check=true",
+            "--experimental-watch-progress-notify-interval=5s",
+            "--snapshot-count=10000",
+        ],
+    );
     let tls = c.tls.as_ref().expect("tls");
     assert_eq!(c.ok(&["put", "foo", "bar"]).trim(), "OK");
     assert_eq!(c.ok(&["get", "foo"]), "foo\nbar\n");
