@@ -10,8 +10,8 @@
 //! | `Meta` `applied_index` / `applied_term` | `meta` `consistent_index` / `term` |
 //! | `Meta` compact revision (8 bytes) | `meta` `scheduledCompactRev` and `finishedCompactRev` (a 17-byte revision key) |
 //! | `Meta` current revision, conf state | not stored: etcd derives the revision from the `key` bucket |
-//! | `Members` id (8 bytes) → `MemberRecord` | `members` id in hex → etcd's member JSON |
-//! | `MembersRemoved` id (8 bytes) | `members_removed` id in hex → `removed` |
+//! | `Members` id (8 bytes) → `MemberRecord` | `members` id in unpadded hex → etcd's member JSON |
+//! | `MembersRemoved` id (8 bytes) | `members_removed` id in unpadded hex → `removed` |
 //! | `Alarm` member · alarm (12 bytes) | `alarm` `AlarmMember` protobuf |
 //! | `Auth` `enabled` / `revision` | `auth` `authEnabled` / `authRevision` |
 //!
@@ -100,9 +100,13 @@ pub fn etcd_bucket(bucket: Bucket) -> &'static [u8] {
 }
 
 /// Whether a Strata bucket's records keep their order once translated, so they can be
-/// streamed into etcd's bucket; the others are small and sorted first.
+/// streamed into etcd's bucket; the others are small and sorted first (member ids become
+/// unpadded hex, alarms protobuf, meta keys other names).
 pub fn keeps_order(bucket: Bucket) -> bool {
-    !matches!(bucket, Bucket::Meta | Bucket::Alarm)
+    !matches!(
+        bucket,
+        Bucket::Meta | Bucket::Alarm | Bucket::Members | Bucket::MembersRemoved
+    )
 }
 
 /// etcd's 17-byte revision key of `main` (sub revision 0), as its compaction marks store it.
@@ -116,6 +120,11 @@ fn revision_key(main: i64) -> Vec<u8> {
 
 fn u64_be(value: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(value.try_into().ok()?))
+}
+
+/// etcd's key of a member: its id in hex, unpadded (`types.ID.String()`).
+fn member_key(id: u64) -> Vec<u8> {
+    format!("{id:x}").into_bytes()
 }
 
 /// etcd's member JSON (`membership.Member`): `id` as a number, `isLearner` and the
@@ -153,14 +162,11 @@ pub fn export(bucket: Bucket, key: &[u8], value: &[u8]) -> Result<Option<EtcdRec
         },
         Bucket::Members => {
             let member = MemberRecord::decode(value).map_err(|e| bad(&e.to_string()))?;
-            (
-                format!("{:016x}", member.id).into_bytes(),
-                member_json(&member),
-            )
+            (member_key(member.id), member_json(&member))
         }
         Bucket::MembersRemoved => {
             let id = u64_be(key).ok_or_else(|| bad("member id is not 8 bytes"))?;
-            (format!("{id:016x}").into_bytes(), b"removed".to_vec())
+            (member_key(id), b"removed".to_vec())
         }
         Bucket::Alarm => {
             if key.len() != 12 {
@@ -337,8 +343,8 @@ impl Importer {
         }
     }
 
-    /// The revisions of the imported keyspace, checked against each other.
-    pub fn finish(&self) -> Result<ImportedRevisions, LayoutError> {
+    /// The revisions of the imported keyspace.
+    pub fn finish(&self) -> ImportedRevisions {
         let compacted = self.finished_compact;
         let unfinished = match (self.scheduled_compact, compacted) {
             (Some(s), Some(f)) if s > f => Some(s),
@@ -349,18 +355,11 @@ impl Importer {
         // A compaction at a final delete removes its tombstone: the revision is then the
         // compaction's (etcd's restore does the same, `currentRev = compactMainRev`).
         let current = self.last_revision.max(newest_compaction).max(1);
-        if compacted.unwrap_or(0) > self.last_revision.max(newest_compaction) {
-            return Err(layout_error(
-                b"meta",
-                META_FINISHED_COMPACT,
-                "compaction beyond the newest revision",
-            ));
-        }
-        Ok(ImportedRevisions {
+        ImportedRevisions {
             current,
             compacted,
             unfinished_compaction: unfinished,
-        })
+        }
     }
 
     /// The Strata `Meta` records of the revisions.
@@ -393,6 +392,15 @@ mod tests {
         for bucket in Bucket::ALL {
             assert!(ETCD_BUCKETS.contains(&etcd_bucket(bucket)));
         }
+    }
+
+    #[test]
+    fn member_keys_are_etcds_unpadded_hex() {
+        let removed = export(Bucket::MembersRemoved, &0x0abcu64.to_be_bytes(), &[])
+            .expect("valid")
+            .expect("kept");
+        assert_eq!(removed, (b"abc".to_vec(), b"removed".to_vec()));
+        assert!(!keeps_order(Bucket::Members) && !keeps_order(Bucket::MembersRemoved));
     }
 
     #[test]
@@ -448,7 +456,7 @@ mod tests {
                 .record(b"meta", name, &revision_key(rev))
                 .expect("valid");
         }
-        let revisions = importer.finish().expect("consistent");
+        let revisions = importer.finish();
         assert_eq!(
             revisions,
             ImportedRevisions {

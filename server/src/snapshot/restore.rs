@@ -197,7 +197,7 @@ pub fn load_etcd<R: ReadAt>(
             Ok(())
         })?;
     }
-    let revisions = importer.finish()?;
+    let revisions = importer.finish();
     for (bucket, key, value) in Importer::revision_records(&revisions) {
         batch.put(backend, bucket, key, value)?;
     }
