@@ -78,9 +78,12 @@ pub fn bootstrap_task(log: &PersistedLog) -> PersistTask {
     }
 }
 
-/// Reads back a persisted log's pieces in the order the driver needs them at start.
+/// Checks a loaded log: contiguous from the compaction point, terms never decreasing, the
+/// commit index within it.
 pub fn check_contiguous(path: &str, log: &PersistedLog) -> Result<(), StorageError> {
     let mut expect = log.compacted.0 .0 + 1;
+    // Raft's log matching: terms never go down along the log, from the compaction point on.
+    let mut term = log.compacted.1 .0;
     for e in &log.entries {
         if e.index != expect {
             return Err(StorageError::Corrupt {
@@ -88,6 +91,16 @@ pub fn check_contiguous(path: &str, log: &PersistedLog) -> Result<(), StorageErr
                 reason: format!("entry {} found where entry {expect} was expected", e.index),
             });
         }
+        if e.term < term {
+            return Err(StorageError::Corrupt {
+                path: path.to_string(),
+                reason: format!(
+                    "entry {} has term {} after term {term} (a stale tail left by a snapshot install?)",
+                    e.index, e.term
+                ),
+            });
+        }
+        term = e.term;
         expect += 1;
     }
     let last = expect - 1;

@@ -306,10 +306,14 @@ impl RocksLog {
         for task in tasks {
             sync |= task.must_sync;
             if let Some((index, term)) = task.snapshot {
-                // The state machine installed a snapshot: the log restarts after it.
-                batch.delete_range_cf(cf, entry_key(0), entry_key(index.0 + 1));
+                // The state machine installed a snapshot: the log restarts after it, empty.
+                // Stored entries past the snapshot's index belong to a history the snapshot
+                // replaced (raft-rs installs one only when its last entry does not match the
+                // log), so they go too: kept, they would load after a restart as a tail whose
+                // terms go back below the snapshot's (raft-rs's `MemStorage` drops them alike).
+                batch.delete_range_cf(cf, entry_key(0), entry_key(last.max(index.0) + 1));
                 batch.put_cf(cf, KEY_COMPACTED, seal(&compaction_body(index, term)));
-                last = last.max(index.0);
+                last = index.0;
             }
             if let Some(first) = task.entries.first() {
                 // An append replaces any stored suffix from its first index on. Only a
@@ -620,6 +624,46 @@ mod tests {
         let loaded = store.load_log().expect("load");
         let got: Vec<_> = loaded.entries.iter().map(|e| (e.index, e.term)).collect();
         assert_eq!(got, vec![(1, 1), (2, 1), (3, 2), (4, 2)]);
+    }
+
+    /// A snapshot replacing a divergent history drops the stored tail past its index: after a
+    /// restart the log holds nothing older than the snapshot's term after it (issue 15's
+    /// stale-tail bug: entries 6..8 of term 1 survived a snapshot at 5 of term 3).
+    #[test]
+    fn a_snapshot_install_drops_the_stale_tail() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let store = RocksStore::open(dir.path(), true).expect("open");
+            let mut log = store.log();
+            block_on(log.persist(vec![task(1, (1..=8).map(|i| entry(i, 1)).collect(), 4)]))
+                .expect("persist");
+            let mut install = task(2, Vec::new(), 5);
+            install.snapshot = Some((LogIndex(5), Term(3)));
+            block_on(log.persist(vec![install])).expect("install");
+            // The member crashes before appending anything after the snapshot.
+        }
+        let store = RocksStore::open(dir.path(), false).expect("reopen");
+        let loaded = store.load_log().expect("load");
+        assert_eq!(loaded.compacted, (LogIndex(5), Term(3)));
+        assert!(loaded.entries.is_empty(), "{:?}", loaded.entries);
+        // The next append goes right after the snapshot.
+        block_on(store.log().persist(vec![task(3, vec![entry(6, 3)], 6)])).expect("append");
+        let loaded = store.load_log().expect("load");
+        let got: Vec<_> = loaded.entries.iter().map(|e| (e.index, e.term)).collect();
+        assert_eq!(got, vec![(6, 3)]);
+    }
+
+    #[test]
+    fn a_log_whose_terms_go_down_is_refused_at_load() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = RocksStore::open(dir.path(), true).expect("open");
+        let entries = vec![entry(1, 2), entry(2, 1)];
+        block_on(store.log().persist(vec![task(1, entries, 1)])).expect("persist");
+        let err = store.load_log().expect_err("terms go down");
+        assert!(
+            err.to_string().contains("entry 2 has term 1 after term 2"),
+            "{err}"
+        );
     }
 
     #[test]
