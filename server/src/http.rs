@@ -204,6 +204,10 @@ pub async fn serve(
         .clone()
         .into_axum_router()
         .layer(axum::middleware::map_response(grpc_go_size_status))
+        .layer(axum::middleware::from_fn_with_state(
+            std::sync::Arc::clone(&ctx.handle.shared),
+            crate::metrics::observe::observe,
+        ))
         .layer(axum::middleware::from_fn(cert_user_metadata))
         .merge(crate::gateway::router(grpc, max_request_bytes))
         .merge(plain_routes(ctx.clone()));

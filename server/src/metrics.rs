@@ -5,6 +5,10 @@
 //! `etcd_mvcc_db_total_size_in_bytes`, and a few more. Counters are plain atomics; the text
 //! format is rendered on demand for `/metrics`.
 
+pub mod grpc;
+#[cfg(not(madsim))]
+pub mod observe;
+
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -79,6 +83,8 @@ pub struct Metrics {
     pub wal_fsync: Histogram,
     pub backend_commit: Histogram,
     pub peer_sent_failures: AtomicU64,
+    /// The client port's gRPC calls (go-grpc-prometheus's families).
+    pub grpc: grpc::GrpcMetrics,
 }
 
 impl Metrics {
@@ -199,6 +205,7 @@ impl Metrics {
             "etcd_disk_backend_commit_duration_seconds",
             "The latency distributions of commit called by backend.",
         );
+        self.grpc.render(&mut out);
         out
     }
 }

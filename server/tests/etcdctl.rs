@@ -421,3 +421,43 @@ fn auth_users_roles_and_permissions() {
         .contains("Authentication Disabled"));
     assert_eq!(c.ok(&["put", "x", "1"]).trim(), "OK");
 }
+
+/// etcd's gRPC server families (go-grpc-prometheus), which etcd's Grafana dashboard and
+/// alerting rules query: calls started and handled per method and code, messages each way.
+#[test]
+fn grpc_metrics_count_calls_by_method_and_code() {
+    let c = Cluster::start(1);
+    let url = format!("{}/metrics", c.members[0].client_url());
+    let kv = |family: &str, method: &str, code: Option<&str>| {
+        let code = code
+            .map(|c| format!("grpc_code=\"{c}\","))
+            .unwrap_or_default();
+        metric(
+            &url,
+            &format!(
+                "{family}{{{code}grpc_method=\"{method}\",grpc_service=\"etcdserverpb.KV\",grpc_type=\"unary\"}}"
+            ),
+        )
+    };
+    let before = kv("grpc_server_handled_total", "Put", Some("OK"));
+    for i in 0..3 {
+        c.ok(&["put", &format!("k{i}"), "v"]);
+    }
+    let err = c.fails(&["compact", "1000000"]);
+    assert!(err.contains("future revision"), "{err}");
+    assert_eq!(
+        kv("grpc_server_handled_total", "Put", Some("OK")),
+        before + 3
+    );
+    assert_eq!(kv("grpc_server_started_total", "Put", None), before + 3);
+    assert_eq!(
+        kv("grpc_server_msg_received_total", "Put", None),
+        before + 3
+    );
+    assert_eq!(kv("grpc_server_msg_sent_total", "Put", None), before + 3);
+    assert_eq!(
+        kv("grpc_server_handled_total", "Compact", Some("OutOfRange")),
+        1
+    );
+    assert_eq!(kv("grpc_server_handled_total", "Compact", Some("OK")), 0);
+}
