@@ -325,12 +325,16 @@ impl<B: ServerBackend> Driver<B> {
         config.record_applied = observer.is_some();
         let node = Node::open(config.clone(), backend, persisted)?;
         let (commands_tx, commands) = mpsc::unbounded_channel();
+        let metrics = Metrics::default();
+        metrics
+            .quota_backend_bytes
+            .store(config.limits.quota_backend_bytes, Ordering::Relaxed);
         let shared = Arc::new(Shared {
             id: config.id,
             cluster_id: config.cluster_id,
             name: name.clone(),
             config,
-            metrics: Metrics::default(),
+            metrics,
             view: RwLock::new(View::default()),
             next_stream: AtomicU64::new(1),
         });

@@ -2,12 +2,14 @@
 //! alerts keep working: `etcd_server_has_leader`, `etcd_server_leader_changes_seen_total`,
 //! `etcd_server_proposals_{committed,applied,pending,failed}_total`,
 //! `etcd_disk_wal_fsync_duration_seconds`, `etcd_disk_backend_commit_duration_seconds`,
-//! `etcd_mvcc_db_total_size_in_bytes`, and a few more. Counters are plain atomics; the text
-//! format is rendered on demand for `/metrics`.
+//! `etcd_mvcc_db_total_size_in_bytes`, `etcd_server_quota_backend_bytes`, the client port's
+//! gRPC traffic (`grpc`, `observe`), the standard `process_*` families (`process`), and a few
+//! more. Counters are plain atomics; the text format is rendered on demand for `/metrics`.
 
 pub mod grpc;
 #[cfg(not(madsim))]
 pub mod observe;
+mod process;
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -83,6 +85,11 @@ pub struct Metrics {
     pub wal_fsync: Histogram,
     pub backend_commit: Histogram,
     pub peer_sent_failures: AtomicU64,
+    /// `--quota-backend-bytes` (its default when 0).
+    pub quota_backend_bytes: AtomicU64,
+    /// Bytes of gRPC traffic on the client port, each way.
+    pub client_grpc_received_bytes: AtomicU64,
+    pub client_grpc_sent_bytes: AtomicU64,
     /// The client port's gRPC calls (go-grpc-prometheus's families).
     pub grpc: grpc::GrpcMetrics,
 }
@@ -195,6 +202,27 @@ impl Metrics {
             "counter",
             &self.peer_sent_failures,
         );
+        gauge(
+            &mut out,
+            "etcd_server_quota_backend_bytes",
+            "Current backend storage quota size in bytes.",
+            "gauge",
+            &self.quota_backend_bytes,
+        );
+        gauge(
+            &mut out,
+            "etcd_network_client_grpc_received_bytes_total",
+            "The total number of bytes received from grpc clients.",
+            "counter",
+            &self.client_grpc_received_bytes,
+        );
+        gauge(
+            &mut out,
+            "etcd_network_client_grpc_sent_bytes_total",
+            "The total number of bytes sent to grpc clients.",
+            "counter",
+            &self.client_grpc_sent_bytes,
+        );
         self.wal_fsync.render(
             &mut out,
             "etcd_disk_wal_fsync_duration_seconds",
@@ -206,6 +234,7 @@ impl Metrics {
             "The latency distributions of commit called by backend.",
         );
         self.grpc.render(&mut out);
+        process::render(&mut out);
         out
     }
 }

@@ -460,4 +460,10 @@ fn grpc_metrics_count_calls_by_method_and_code() {
         1
     );
     assert_eq!(kv("grpc_server_handled_total", "Compact", Some("OK")), 0);
+    // The byte counters and the quota and process families etcd's dashboard reads.
+    assert!(metric(&url, "etcd_network_client_grpc_received_bytes_total") > 0);
+    assert!(metric(&url, "etcd_network_client_grpc_sent_bytes_total") > 0);
+    assert_eq!(metric(&url, "etcd_server_quota_backend_bytes"), 2 << 30);
+    assert!(metric(&url, "process_resident_memory_bytes") > 1 << 20);
+    assert!(metric(&url, "process_open_fds") > 0);
 }

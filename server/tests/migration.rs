@@ -141,21 +141,21 @@ struct Populated {
     compacted: i64,
 }
 
-/// ~2,000 keys with overwrites and deletes, a compaction, leased keys, a 100 KiB value,
+/// 2,000 keys with overwrites and deletes, a compaction, leased keys, a 100 KiB value,
 /// binary bytes, users and roles, auth enabled.
 async fn populate(url: &str) -> Populated {
     let mut c = connect(url, false).await;
-    for i in 0..1500u32 {
+    for i in 0..1900u32 {
         c.put(format!("key/{i:05}"), format!("value {i}"), None)
             .await
             .expect("put");
     }
-    for i in (0..1500u32).step_by(3) {
+    for i in (0..1900u32).step_by(3) {
         c.put(format!("key/{i:05}"), format!("again {i}"), None)
             .await
             .expect("overwrite");
     }
-    for i in (0..1500u32).step_by(7) {
+    for i in (0..1900u32).step_by(7) {
         c.delete(format!("key/{i:05}"), None).await.expect("delete");
     }
     let compacted = c
@@ -184,12 +184,12 @@ async fn populate(url: &str) -> Populated {
     c.put(vec![0u8, 0xff, 0x80, 1], vec![0xfeu8, 0, 0x7f], None)
         .await
         .expect("binary");
-    for i in 1500..1600u32 {
+    for i in 1900..2000u32 {
         c.put(format!("key/{i:05}"), format!("late {i}"), None)
             .await
             .expect("put");
     }
-    c.delete("key/01599", None).await.expect("final delete");
+    c.delete("key/01999", None).await.expect("final delete");
     c.user_add("root", "rootpw", None).await.expect("root");
     c.user_grant_role("root", "root").await.expect("grant root");
     c.role_add("reader").await.expect("role");

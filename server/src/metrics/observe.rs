@@ -5,6 +5,7 @@
 //! that are not etcd gRPC methods (the JSON gateway, `/health`) pass untouched.
 
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -90,12 +91,14 @@ impl http_body::Body for Counted {
         if let Poll::Ready(Some(Ok(frame))) = &polled {
             if let Some(data) = frame.data_ref() {
                 let messages = this.counter.feed(data);
-                let m = this.method();
-                let counter = match this.side {
-                    Side::Request => &m.received,
-                    Side::Response => &m.sent,
+                let metrics = &this.shared.metrics;
+                let m = metrics.grpc.get(this.method);
+                let (counter, bytes) = match this.side {
+                    Side::Request => (&m.received, &metrics.client_grpc_received_bytes),
+                    Side::Response => (&m.sent, &metrics.client_grpc_sent_bytes),
                 };
-                counter.fetch_add(messages, std::sync::atomic::Ordering::Relaxed);
+                counter.fetch_add(messages, Ordering::Relaxed);
+                bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
             } else if let Some(code) = frame.trailers_ref().and_then(grpc_status) {
                 this.method().handled(code);
             }
@@ -126,9 +129,7 @@ pub async fn observe(
         return next.run(request).await;
     };
     let method = shared.metrics.grpc.get(index);
-    method
-        .started
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    method.started.fetch_add(1, Ordering::Relaxed);
     let counted = |body: Body, side: Side| {
         Body::new(Counted {
             inner: body,
