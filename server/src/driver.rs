@@ -292,6 +292,8 @@ pub struct Driver<B: ServerBackend> {
     transport: Transport,
     shutdown: watch::Receiver<bool>,
     pending: HashMap<RequestId, oneshot::Sender<Result<Response, EtcdError>>>,
+    /// When the oldest unanswered heartbeat to each peer left (the peer round-trip metric).
+    heartbeats_sent: HashMap<NodeId, tokio::time::Instant>,
     watch_streams: WatchQueues,
     next_request: u64,
     time: LocalTime,
@@ -351,6 +353,7 @@ impl<B: ServerBackend> Driver<B> {
             transport,
             shutdown,
             pending: HashMap::new(),
+            heartbeats_sent: HashMap::new(),
             watch_streams: WatchQueues::default(),
             next_request: 1,
             time: LocalTime::new(clock),
@@ -457,9 +460,19 @@ impl<B: ServerBackend> Driver<B> {
 
     /// The engine input for a transport event; a peer's word that this member was removed
     /// stops the node.
-    fn peer_input(&self, ev: PeerEvent) -> Result<Input, Stopped> {
+    fn peer_input(&mut self, ev: PeerEvent) -> Result<Input, Stopped> {
         Ok(match ev {
-            PeerEvent::Message(m) => Input::Message(m),
+            PeerEvent::Message(m) => {
+                if m.get_msg_type() == MessageType::MsgHeartbeatResponse {
+                    if let Some(sent) = self.heartbeats_sent.remove(&NodeId(m.from)) {
+                        self.shared
+                            .metrics
+                            .peer_round_trips
+                            .observe(m.from, sent.elapsed());
+                    }
+                }
+                Input::Message(m)
+            }
             PeerEvent::Unreachable(id) => {
                 self.shared
                     .metrics
@@ -544,6 +557,12 @@ impl<B: ServerBackend> Driver<B> {
                             candidate: NodeId(msg.to),
                         });
                     }
+                }
+                if msg.get_msg_type() == MessageType::MsgHeartbeat {
+                    // The first unanswered heartbeat to a peer times its round trip.
+                    self.heartbeats_sent
+                        .entry(NodeId(msg.to))
+                        .or_insert_with(tokio::time::Instant::now);
                 }
                 self.transport.send(msg);
             }

@@ -15,33 +15,46 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-/// A latency histogram with etcd's buckets (0.001 s doubling to ~8 s).
+/// A latency histogram over fixed bucket bounds (seconds).
 #[derive(Debug)]
 pub struct Histogram {
-    buckets: [AtomicU64; 14],
+    bounds: &'static [f64],
+    buckets: Vec<AtomicU64>,
     count: AtomicU64,
     sum_micros: AtomicU64,
 }
 
-const BUCKET_BOUNDS: [f64; 14] = [
+/// etcd's disk latency buckets: 0.001 s doubling to ~8 s.
+const DISK_BOUNDS: [f64; 14] = [
     0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1.024, 2.048, 4.096,
     8.192,
 ];
 
+/// etcd's peer round-trip buckets: 0.1 ms doubling, 16 of them (to ~3.3 s).
+const PEER_RTT_BOUNDS: [f64; 16] = [
+    0.0001, 0.0002, 0.0004, 0.0008, 0.0016, 0.0032, 0.0064, 0.0128, 0.0256, 0.0512, 0.1024, 0.2048,
+    0.4096, 0.8192, 1.6384, 3.2768,
+];
+
 impl Default for Histogram {
     fn default() -> Self {
-        Histogram {
-            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
-            count: AtomicU64::new(0),
-            sum_micros: AtomicU64::new(0),
-        }
+        Histogram::with_bounds(&DISK_BOUNDS)
     }
 }
 
 impl Histogram {
+    pub fn with_bounds(bounds: &'static [f64]) -> Histogram {
+        Histogram {
+            bounds,
+            buckets: bounds.iter().map(|_| AtomicU64::new(0)).collect(),
+            count: AtomicU64::new(0),
+            sum_micros: AtomicU64::new(0),
+        }
+    }
+
     pub fn observe(&self, d: Duration) {
         let secs = d.as_secs_f64();
-        for (bound, bucket) in BUCKET_BOUNDS.iter().zip(&self.buckets) {
+        for (bound, bucket) in self.bounds.iter().zip(&self.buckets) {
             if secs <= *bound {
                 bucket.fetch_add(1, Ordering::Relaxed);
             }
@@ -53,17 +66,60 @@ impl Histogram {
 
     fn render(&self, out: &mut String, name: &str, help: &str) {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-        for (bound, bucket) in BUCKET_BOUNDS.iter().zip(&self.buckets) {
+        self.render_series(out, name, "");
+    }
+
+    /// The series of one label set (`labels`: `To="…",` or empty).
+    fn render_series(&self, out: &mut String, name: &str, labels: &str) {
+        for (bound, bucket) in self.bounds.iter().zip(&self.buckets) {
             let _ = writeln!(
                 out,
-                "{name}_bucket{{le=\"{bound}\"}} {}",
+                "{name}_bucket{{{labels}le=\"{bound}\"}} {}",
                 bucket.load(Ordering::Relaxed)
             );
         }
         let count = self.count.load(Ordering::Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(out, "{name}_bucket{{{labels}le=\"+Inf\"}} {count}");
         let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
-        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {count}");
+        let plain = labels.trim_end_matches(',');
+        let braces = if plain.is_empty() {
+            String::new()
+        } else {
+            format!("{{{plain}}}")
+        };
+        let _ = writeln!(
+            out,
+            "{name}_sum{braces} {sum}\n{name}_count{braces} {count}"
+        );
+    }
+}
+
+/// Round trips to each peer (`etcd_network_peer_round_trip_time_seconds{To}`), measured by
+/// the driver from a heartbeat to its response.
+#[derive(Debug, Default)]
+pub struct PeerRoundTrips {
+    peers: std::sync::Mutex<std::collections::BTreeMap<u64, Histogram>>,
+}
+
+impl PeerRoundTrips {
+    pub fn observe(&self, peer: u64, d: Duration) {
+        self.peers
+            .lock()
+            .expect("peer round trips lock")
+            .entry(peer)
+            .or_insert_with(|| Histogram::with_bounds(&PEER_RTT_BOUNDS))
+            .observe(d);
+    }
+
+    fn render(&self, out: &mut String) {
+        let name = "etcd_network_peer_round_trip_time_seconds";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Round-Trip-Time histogram between peers\n# TYPE {name} histogram"
+        );
+        for (peer, histogram) in self.peers.lock().expect("peer round trips lock").iter() {
+            histogram.render_series(out, name, &format!("To=\"{peer:x}\","));
+        }
     }
 }
 
@@ -90,6 +146,7 @@ pub struct Metrics {
     /// Bytes of gRPC traffic on the client port, each way.
     pub client_grpc_received_bytes: AtomicU64,
     pub client_grpc_sent_bytes: AtomicU64,
+    pub peer_round_trips: PeerRoundTrips,
     /// The client port's gRPC calls (go-grpc-prometheus's families).
     pub grpc: grpc::GrpcMetrics,
 }
@@ -233,6 +290,7 @@ impl Metrics {
             "etcd_disk_backend_commit_duration_seconds",
             "The latency distributions of commit called by backend.",
         );
+        self.peer_round_trips.render(&mut out);
         self.grpc.render(&mut out);
         process::render(&mut out);
         out
@@ -253,5 +311,16 @@ mod tests {
         assert!(text.contains("etcd_disk_wal_fsync_duration_seconds_bucket{le=\"0.002\"} 0\n"));
         assert!(text.contains("etcd_disk_wal_fsync_duration_seconds_bucket{le=\"0.004\"} 1\n"));
         assert!(text.contains("etcd_disk_wal_fsync_duration_seconds_count 1\n"));
+    }
+
+    #[test]
+    fn peer_round_trips_are_labelled_by_peer() {
+        let m = Metrics::default();
+        m.peer_round_trips.observe(0xab, Duration::from_micros(300));
+        let text = m.render();
+        let name = "etcd_network_peer_round_trip_time_seconds";
+        assert!(text.contains(&format!("{name}_bucket{{To=\"ab\",le=\"0.0002\"}} 0\n")));
+        assert!(text.contains(&format!("{name}_bucket{{To=\"ab\",le=\"0.0004\"}} 1\n")));
+        assert!(text.contains(&format!("{name}_count{{To=\"ab\"}} 1\n")));
     }
 }

@@ -24,6 +24,21 @@ fn metric(url: &str, name: &str) -> u64 {
 fn kv_txn_watch_compaction() {
     let c = Cluster::start(3);
     assert_eq!(c.ok(&["put", "foo", "bar"]).trim(), "OK");
+    // The leader times its heartbeats' round trips to each follower.
+    let leader = &c.members[c.leader()];
+    let text = String::from_utf8(
+        Command::new("curl")
+            .args(["-fs", &format!("{}/metrics", leader.client_url())])
+            .output()
+            .expect("curl")
+            .stdout,
+    )
+    .expect("utf-8");
+    let timed = text
+        .lines()
+        .filter(|l| l.starts_with("etcd_network_peer_round_trip_time_seconds_count{To="))
+        .count();
+    assert_eq!(timed, 2, "{text}");
     assert_eq!(c.ok(&["get", "foo"]), "foo\nbar\n");
     c.ok(&["put", "foo", "baz"]);
     c.ok(&["put", "fop", "1"]);
