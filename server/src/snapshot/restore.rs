@@ -296,6 +296,37 @@ mod tests {
         );
     }
 
+    /// A bbolt database that is not etcd's backend is refused by name, before any record.
+    #[test]
+    fn foreign_bolt_files_are_refused() {
+        use crate::bolt::BoltWriter;
+        // Buckets named, each holding one record if `true`.
+        let db = |buckets: &[(&[u8], bool)]| {
+            let mut writer = BoltWriter::new(std::io::Cursor::new(Vec::new())).expect("new");
+            for (name, filled) in buckets {
+                let mut bucket = writer.bucket(name).expect("bucket");
+                if *filled {
+                    bucket.put(b"k", b"v").expect("put");
+                }
+                bucket.finish().expect("finish");
+            }
+            writer.finish(1).expect("finish").0.into_inner()
+        };
+        let mut backend = strata_engine::MemBackend::default();
+        let containerd = db(&[(b"v1", true)]);
+        let err = load_etcd(containerd.as_slice(), containerd.len() as u64, &mut backend)
+            .expect_err("containerd's layout");
+        assert_eq!(err.to_string(), "not an etcd backend: no \"key\" bucket");
+        let newer = db(&[
+            (b"key", false),
+            (b"meta", false),
+            (b"leaseCheckpoints", true),
+        ]);
+        let err = load_etcd(newer.as_slice(), newer.len() as u64, &mut backend)
+            .expect_err("a newer layout");
+        assert!(err.to_string().contains("unknown bucket"), "{err}");
+    }
+
     /// Whatever a snapshot file holds, importing it gives records or an error, never a panic
     /// (a snapshot arrives from the network and from other tools).
     #[test]
