@@ -610,7 +610,9 @@ impl<B: ServerBackend> Driver<B> {
                 m.is_leader
                     .store((leader == Some(self.shared.id)) as u64, Ordering::Relaxed);
             }
-            Output::Removed => return Err(Stopped::Removed),
+            Output::Removed => {
+                unreachable!("step() holds a removal back until the step's other outputs ran")
+            }
         }
         Ok(())
     }

@@ -85,24 +85,43 @@ fn kv_txn_watch_compaction() {
     assert_eq!(c.ok(&["get", "txnkey", "--print-value-only"]), "yes\n");
 
     // Watch from an old revision replays history, from another member.
-    let watch = Command::new("etcdctl")
+    let mut watch = Command::new("etcdctl")
         .env("ETCDCTL_API", "3")
         .arg(format!("--endpoints={}", c.members[2].endpoint()))
         .args(["watch", "foo", "--rev=1"])
         .stdout(Stdio::piped())
         .spawn()
         .expect("etcdctl watch");
-    std::thread::sleep(Duration::from_millis(800));
+    let stdout = watch.stdout.take().expect("piped stdout");
+    let (lines_tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead as _;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // Wait for the watcher to exist on the member, then for the replay and the new delete.
     let watcher_url = format!("{}/metrics", c.members[2].client_url());
-    assert_eq!(metric(&watcher_url, "etcd_debugging_mvcc_watcher_total"), 1);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(&watcher_url, "etcd_debugging_mvcc_watcher_total") != 1 {
+        assert!(Instant::now() < deadline, "the watcher never registered");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     c.ok(&["del", "foo"]);
-    std::thread::sleep(Duration::from_millis(800));
+    let want = [
+        "PUT", "foo", "bar", "PUT", "foo", "baz", "DELETE", "foo", "",
+    ];
+    let got: Vec<String> = (0..want.len())
+        .map_while(|_| lines.recv_timeout(Duration::from_secs(10)).ok())
+        .collect();
     let _ = Command::new("kill").arg(watch.id().to_string()).status();
-    let out = watch.wait_with_output().expect("watch output");
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
-        "PUT\nfoo\nbar\nPUT\nfoo\nbaz\nDELETE\nfoo\n\n"
-    );
+    let _ = watch.wait();
+    assert_eq!(got, want);
     // The client went away: its watcher is dropped on the member.
     let deadline = Instant::now() + Duration::from_secs(10);
     while metric(&watcher_url, "etcd_debugging_mvcc_watcher_total") != 0 {
