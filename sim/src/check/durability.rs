@@ -31,7 +31,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::index::{Index, KnownWrite, Source};
+use super::observations::{KnownWrite, Observations, Source};
 use super::{
     at, created_revision, header_revision, is_serializable, max_before, name, possible_effects,
     show, show_kv, Findings, Lifetimes,
@@ -39,15 +39,15 @@ use super::{
 use crate::history::{History, Key, Kv, NodeIx, Outcome, Violation};
 
 pub fn check(h: &History) -> Vec<Violation> {
-    let idx = Index::new(h);
+    let obs = Observations::new(h);
     let mut f = Findings::new("durability");
-    for (source, message) in &idx.anomalies {
+    for (source, message) in &obs.anomalies {
         if let Source::FinalRead(_) = source {
             f.push(message.clone());
         }
     }
     agreement(h, &mut f);
-    acked_writes_survive(h, &idx, &mut f);
+    acked_writes_survive(h, &obs, &mut f);
     hashes(h, &mut f);
     final_revision(h, &mut f);
     no_going_back(h, &mut f);
@@ -88,8 +88,8 @@ fn agreement(h: &History, f: &mut Findings) {
     }
 }
 
-fn acked_writes_survive(h: &History, idx: &Index, f: &mut Findings) {
-    for (key, by_rev) in &idx.known {
+fn acked_writes_survive(h: &History, obs: &Observations, f: &mut Findings) {
+    for (key, by_rev) in &obs.known {
         let Some((&rev, latest)) = by_rev.iter().next_back() else {
             continue;
         };
@@ -210,7 +210,7 @@ fn no_going_back(h: &History, f: &mut Findings) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::check::build::*;
+    use crate::check::fixtures::*;
     use crate::history::RaftEvent;
 
     fn violations(run: &Run) -> Vec<String> {

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use proptest::prelude::*;
 
-use super::build::MS;
+use super::fixtures::MS;
 use super::in_range;
 use crate::history::{
     Call, Compare, Event, EventKind, History, Kv, Op, Outcome, Reply, TxnOp, TxnResult, Watch,

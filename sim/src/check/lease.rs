@@ -37,7 +37,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use super::index::Index;
+use super::observations::Observations;
 use super::{
     acked_effects, at, in_range, is_linearizable_read, keys_in, name, possible_effects, show,
     Findings,
@@ -136,17 +136,22 @@ impl Lease {
 }
 
 pub fn check(h: &History) -> Vec<Violation> {
-    let idx = Index::new(h);
+    let obs = Observations::new(h);
     let leases = leases(h);
     let mut f = Findings::new("lease");
-    early_expiry_reads(h, &idx, &leases, &mut f);
+    early_expiry_reads(h, &obs, &leases, &mut f);
     early_expiry_keep_alives(h, &leases, &mut f);
     late_survival(h, &leases, &mut f);
     gone_stays_gone(h, &leases, &mut f);
     f.finish()
 }
 
-fn early_expiry_reads(h: &History, idx: &Index, leases: &BTreeMap<i64, Lease>, f: &mut Findings) {
+fn early_expiry_reads(
+    h: &History,
+    obs: &Observations,
+    leases: &BTreeMap<i64, Lease>,
+    f: &mut Findings,
+) {
     let clock_error = h.bounds.max_clock_error;
     // Per key, the calls of lost ops that may have written it, earliest first.
     let mut lost_writers: HashMap<&Key, Vec<(Nanos, usize)>> = HashMap::new();
@@ -168,11 +173,11 @@ fn early_expiry_reads(h: &History, idx: &Index, leases: &BTreeMap<i64, Lease>, f
         if !is_linearizable_read(&op.call) {
             continue;
         }
-        for (key, _) in keys_in(&idx.known, start, end) {
+        for (key, _) in keys_in(&obs.known, start, end) {
             if kvs.iter().any(|kv| &kv.key == key) {
                 continue;
             }
-            let Some((rev, w)) = idx.latest_at(key, revision) else {
+            let Some((rev, w)) = obs.latest_at(key, revision) else {
                 continue;
             };
             let Some(lease) = leases.get(&w.lease).filter(|_| w.value.is_some()) else {
@@ -378,7 +383,7 @@ fn uses_lease(op: &Op, id: i64) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::check::build::*;
+    use crate::check::fixtures::*;
     use crate::history::Bounds;
 
     fn violations(run: &Run) -> Vec<String> {

@@ -51,7 +51,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use self::model::{Component, Hidden, KeyState, ModelOp, State};
 use self::wgl::{Span, Verdict, NEVER};
-use super::index::{Index, Source};
+use super::observations::{Observations, Source};
 use super::{
     at, created_revision, header_revision, in_range, is_linearizable_read, is_read,
     is_serializable, keys_in, max_before, name, named_keys, possible_effects, show, show_kv,
@@ -91,24 +91,24 @@ pub fn check_with_stats(h: &History) -> (Vec<Violation>, Stats) {
 
 /// [`check`] with `budget` search steps per component.
 pub fn check_with_budget(h: &History, budget: u64) -> (Vec<Violation>, Stats) {
-    let idx = Index::new(h);
+    let obs = Observations::new(h);
     let mut f = Findings::new("linearizability");
-    for (source, message) in &idx.anomalies {
+    for (source, message) in &obs.anomalies {
         if let Source::Op(_) = source {
             f.push(message.clone());
         }
     }
-    distinct_revisions(h, &idx, &mut f);
+    distinct_revisions(h, &obs, &mut f);
     real_time_order(h, &mut f);
     session_order(h, &mut f);
-    revision_consistency(h, &idx, &mut f);
-    let stats = search(h, &idx, budget, &mut f);
+    revision_consistency(h, &obs, &mut f);
+    let stats = search(h, &obs, budget, &mut f);
     (f.finish(), stats)
 }
 
-fn distinct_revisions(h: &History, idx: &Index, f: &mut Findings) {
+fn distinct_revisions(h: &History, obs: &Observations, f: &mut Findings) {
     let mut by_revision: BTreeMap<i64, usize> = BTreeMap::new();
-    for (i, rev) in idx.revision.iter().enumerate() {
+    for (i, rev) in obs.revision.iter().enumerate() {
         let Some(rev) = *rev else { continue };
         if let Some(&other) = by_revision.get(&rev) {
             f.push(format!(
@@ -216,12 +216,12 @@ fn lost_removers(h: &History) -> HashMap<&Key, Nanos> {
 
 struct Consistency<'h> {
     h: &'h History,
-    idx: &'h Index,
+    obs: &'h Observations,
     removers: HashMap<&'h Key, Nanos>,
     watched_deletes: HashMap<&'h Key, BTreeSet<i64>>,
 }
 
-fn revision_consistency(h: &History, idx: &Index, f: &mut Findings) {
+fn revision_consistency(h: &History, obs: &Observations, f: &mut Findings) {
     let mut watched_deletes: HashMap<&Key, BTreeSet<i64>> = HashMap::new();
     for w in &h.watches {
         for resp in &w.responses {
@@ -235,7 +235,7 @@ fn revision_consistency(h: &History, idx: &Index, f: &mut Findings) {
     }
     let c = Consistency {
         h,
-        idx,
+        obs,
         removers: lost_removers(h),
         watched_deletes,
     };
@@ -326,7 +326,7 @@ impl Consistency<'_> {
             }
             self.present(f, i, pinned, kv);
         }
-        for (key, _) in keys_in(&self.idx.known, start, end) {
+        for (key, _) in keys_in(&self.obs.known, start, end) {
             if !kvs.iter().any(|kv| &kv.key == key) {
                 self.absent(f, i, pinned, key);
             }
@@ -344,7 +344,7 @@ impl Consistency<'_> {
             ));
             return;
         }
-        let Some(by_rev) = self.idx.known.get(&kv.key) else {
+        let Some(by_rev) = self.obs.known.get(&kv.key) else {
             return;
         };
         if let Some(w) = by_rev.get(&kv.mod_revision) {
@@ -374,7 +374,7 @@ impl Consistency<'_> {
 
     fn absent(&self, f: &mut Findings, i: usize, pinned: i64, key: &Key) {
         let op = &self.h.ops[i];
-        let Some((rev, w)) = self.idx.latest_at(key, pinned) else {
+        let Some((rev, w)) = self.obs.latest_at(key, pinned) else {
             return;
         };
         if w.value.is_none() || w.lease != 0 {
@@ -432,8 +432,8 @@ fn searched(op: &crate::history::Op) -> bool {
     kind && !matches!(op.outcome, Outcome::Failed(_))
 }
 
-fn search(h: &History, idx: &Index, budget: u64, f: &mut Findings) -> Stats {
-    let universe: Vec<&Key> = idx.keys.iter().collect();
+fn search(h: &History, obs: &Observations, budget: u64, f: &mut Findings) -> Stats {
+    let universe: Vec<&Key> = obs.keys.iter().collect();
     let key_id: HashMap<&Key, usize> = universe.iter().enumerate().map(|(i, k)| (*k, i)).collect();
     let mut sets = UnionFind((0..universe.len()).collect());
     let mut touched: Vec<(usize, Vec<usize>)> = Vec::new();
@@ -461,14 +461,14 @@ fn search(h: &History, idx: &Index, budget: u64, f: &mut Findings) -> Stats {
     let mut stats = Stats::default();
     for (keys, ops) in components.into_values() {
         let keys: Vec<Key> = keys.into_iter().map(|k| universe[k].clone()).collect();
-        search_component(h, idx, budget, keys, &ops, f, &mut stats);
+        search_component(h, obs, budget, keys, &ops, f, &mut stats);
     }
     stats
 }
 
 fn search_component(
     h: &History,
-    idx: &Index,
+    obs: &Observations,
     budget: u64,
     keys: Vec<Key>,
     ops: &[usize],
@@ -478,7 +478,7 @@ fn search_component(
     let mut component = Component::new(keys);
     // Lost writes nobody saw are left out; the model lets their effects slip in unseen.
     let (unseen, searched): (Vec<usize>, Vec<usize>) = ops.iter().partition(|&&i| {
-        matches!(h.ops[i].outcome, Outcome::Unknown(_)) && idx.revision[i].is_none()
+        matches!(h.ops[i].outcome, Outcome::Unknown(_)) && obs.revision[i].is_none()
     });
     let mut unseen_puts: HashMap<usize, Nanos> = HashMap::new();
     let mut unseen_deletes: HashMap<usize, Vec<Nanos>> = HashMap::new();
@@ -508,8 +508,8 @@ fn search_component(
     for &i in &searched {
         let op = &h.ops[i];
         let lost = matches!(op.outcome, Outcome::Unknown(_));
-        let revision = if lost { idx.revision[i] } else { None };
-        let complete = match (lost, idx.first_seen[i]) {
+        let revision = if lost { obs.revision[i] } else { None };
+        let complete = match (lost, obs.first_seen[i]) {
             (false, _) => op.complete,
             // Seen: it happened, before it was first seen.
             (true, Some(seen)) => seen.max(op.invoke),
@@ -532,7 +532,7 @@ fn search_component(
             ..Span::default()
         });
     }
-    order_by_revision(h, idx, &model_ops, &mut spans);
+    order_by_revision(h, obs, &model_ops, &mut spans);
     stats.components += 1;
     if let Some(m) = model_ops.iter().find(|m| m.keys_touched() > TXN_KEYS_MAX) {
         stats.notes.push(format!(
@@ -584,8 +584,8 @@ fn search_component(
 /// Marks the writes whose revisions are known, and for every op how many of them (the first
 /// by revision) must precede it: writes below its own revision, or up to its header revision
 /// if it only read.
-fn order_by_revision(h: &History, idx: &Index, model_ops: &[ModelOp], spans: &mut [Span]) {
-    let written: Vec<Option<i64>> = model_ops.iter().map(|m| idx.revision[m.op]).collect();
+fn order_by_revision(h: &History, obs: &Observations, model_ops: &[ModelOp], spans: &mut [Span]) {
+    let written: Vec<Option<i64>> = model_ops.iter().map(|m| obs.revision[m.op]).collect();
     let mut revisions: Vec<i64> = written.iter().flatten().copied().collect();
     revisions.sort_unstable();
     for ((m, span), written) in model_ops.iter().zip(spans.iter_mut()).zip(written) {

@@ -123,7 +123,7 @@ fn writes_succeed(h: &History, healed: Nanos, deadline: Nanos, f: &mut Findings)
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::check::build::*;
+    use crate::check::fixtures::*;
 
     fn violations(run: &Run) -> Vec<String> {
         check(&run.h).into_iter().map(|v| v.message).collect()

@@ -23,11 +23,11 @@ use crate::history::{
 };
 
 pub mod durability;
-mod index;
 pub mod lease;
 pub mod linearizability;
 pub mod liveness;
 pub mod mutex;
+mod observations;
 pub mod raft;
 pub mod watch;
 
@@ -468,7 +468,7 @@ pub(crate) fn group_by<K: Ord>(
 }
 
 #[cfg(test)]
-pub(crate) mod build;
+pub(crate) mod fixtures;
 #[cfg(test)]
 pub(crate) mod generate;
 
@@ -476,7 +476,7 @@ pub(crate) mod generate;
 mod tests {
     use proptest::prelude::*;
 
-    use super::build::*;
+    use super::fixtures::*;
     use super::generate::*;
     use super::*;
     use crate::history::WatchResponse;

@@ -332,7 +332,7 @@ fn prefix_end(prefix: &[u8]) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::build::*;
+    use super::super::fixtures::*;
     use super::*;
     use crate::history::{Event, WatchResponse};
 

@@ -176,7 +176,7 @@ fn votes_durable(records: &[&RaftRecord], f: &mut Findings) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::check::build::*;
+    use crate::check::fixtures::*;
 
     fn violations(run: &Run) -> Vec<String> {
         check(&run.h).into_iter().map(|v| v.message).collect()

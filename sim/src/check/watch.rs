@@ -44,7 +44,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use super::index::{Index, Source};
+use super::observations::{Observations, Source};
 use super::{
     acked_effects, at, header_revision, in_range, is_read, keys_in, name, show, show_kv, Findings,
     Lifetimes,
@@ -67,14 +67,14 @@ struct Canon {
 type Log = BTreeMap<Key, BTreeMap<i64, Canon>>;
 
 pub fn check(h: &History) -> Vec<Violation> {
-    let idx = Index::new(h);
+    let obs = Observations::new(h);
     let mut f = Findings::new("watch");
-    for (source, message) in &idx.anomalies {
+    for (source, message) in &obs.anomalies {
         if let Source::Watch { .. } = source {
             f.push(message.clone());
         }
     }
-    let log = canonical_log(h, &idx, &mut f);
+    let log = canonical_log(h, &obs, &mut f);
     let lives = Lifetimes::new(h);
     for w in &h.watches {
         let ctx = WatchCheck {
@@ -88,9 +88,9 @@ pub fn check(h: &History) -> Vec<Violation> {
     f.finish()
 }
 
-fn canonical_log(h: &History, idx: &Index, f: &mut Findings) -> Log {
+fn canonical_log(h: &History, obs: &Observations, f: &mut Findings) -> Log {
     let mut log: Log = BTreeMap::new();
-    for (key, by_rev) in &idx.known {
+    for (key, by_rev) in &obs.known {
         for (rev, w) in by_rev {
             let kind = if w.value.is_some() {
                 EventKind::Put
@@ -476,7 +476,7 @@ impl WatchCheck<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::check::build::*;
+    use crate::check::fixtures::*;
 
     fn violations(run: &Run) -> Vec<String> {
         check(&run.h).into_iter().map(|v| v.message).collect()

@@ -1,7 +1,7 @@
 use proptest::prelude::*;
 
 use super::*;
-use crate::check::build::*;
+use crate::check::fixtures::*;
 use crate::check::generate::*;
 use crate::history::{TxnOp, TxnResult};
 

@@ -57,14 +57,14 @@ impl Source {
 /// A write known to have happened at a revision.
 #[derive(Clone, Debug)]
 pub(crate) struct KnownWrite {
-    /// Index of the op in `h.ops`.
+    /// Observations of the op in `h.ops`.
     pub op: usize,
     /// The value put, or None for a delete.
     pub value: Option<Vec<u8>>,
     pub lease: i64,
 }
 
-pub(crate) struct Index {
+pub(crate) struct Observations {
     /// The op (index in `h.ops`) that puts each value, whatever its outcome.
     pub writer: HashMap<ValueKey, usize>,
     /// The first observation of each written value.
@@ -85,9 +85,9 @@ pub(crate) struct Index {
     queues: Vec<Key>,
 }
 
-impl Index {
-    pub(crate) fn new(h: &History) -> Index {
-        let mut ix = Index {
+impl Observations {
+    pub(crate) fn new(h: &History) -> Observations {
+        let mut obs = Observations {
             writer: HashMap::new(),
             observed: HashMap::new(),
             revision: vec![None; h.ops.len()],
@@ -98,30 +98,30 @@ impl Index {
             queues: super::mutex::queue_prefixes(h),
         };
         for (i, op) in h.ops.iter().enumerate() {
-            ix.keys.extend(named_keys(&op.call).into_iter().cloned());
+            obs.keys.extend(named_keys(&op.call).into_iter().cloned());
             for e in possible_effects(&op.call) {
                 if let Some((value, _)) = e.put {
-                    ix.writer.insert((e.key.clone(), value.to_vec()), i);
+                    obs.writer.insert((e.key.clone(), value.to_vec()), i);
                 }
             }
             if let Some(rev) = header_revision(op) {
                 let effects = acked_effects(op);
                 if !effects.is_empty() {
-                    ix.revision[i] = Some(rev);
+                    obs.revision[i] = Some(rev);
                 }
                 for e in effects {
-                    ix.add_known(e.key, rev, i, e.put);
+                    obs.add_known(e.key, rev, i, e.put);
                 }
             }
         }
         for (i, op) in h.ops.iter().enumerate() {
             for kv in op_observations(&op.outcome) {
-                ix.observe(h, kv, Source::Op(i));
+                obs.observe(h, kv, Source::Op(i));
             }
         }
         for (node, kvs) in &h.final_reads {
             for kv in kvs {
-                ix.observe(h, kv, Source::FinalRead(*node));
+                obs.observe(h, kv, Source::FinalRead(*node));
             }
         }
         for (w, watch) in h.watches.iter().enumerate() {
@@ -132,16 +132,16 @@ impl Index {
                 };
                 for ev in &resp.events {
                     if ev.kind == EventKind::Put {
-                        ix.observe(h, &ev.kv, source);
+                        obs.observe(h, &ev.kv, source);
                     }
                     if let Some(prev) = &ev.prev {
-                        ix.observe(h, prev, source);
+                        obs.observe(h, prev, source);
                     }
                 }
             }
         }
-        ix.add_observed_unknown_puts(h);
-        ix
+        obs.add_observed_unknown_puts(h);
+        obs
     }
 
     fn add_known(&mut self, key: &Key, revision: i64, op: usize, put: Option<(&[u8], i64)>) {
