@@ -63,6 +63,11 @@ impl Members {
         Ok(members)
     }
 
+    /// Every member's record, in id order.
+    pub fn records(&self) -> impl Iterator<Item = &MemberRecord> {
+        self.members.values()
+    }
+
     pub fn get(&self, id: NodeId) -> Option<&MemberRecord> {
         self.members.get(&id)
     }

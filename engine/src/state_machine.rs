@@ -90,6 +90,12 @@ pub struct StateMachine<B: KvBackend> {
     batch: WriteBatch,
 }
 
+/// The applied index a backend holds (0 for a fresh one), read without opening the state
+/// machine (`--force-new-cluster` rewrites the log from it).
+pub fn stored_applied_index(backend: &dyn KvBackend) -> Result<LogIndex, BackendError> {
+    Ok(LogIndex(read_u64(backend, META_APPLIED_INDEX)?))
+}
+
 fn read_u64(backend: &dyn KvBackend, key: &[u8]) -> Result<u64, BackendError> {
     match backend.get(Bucket::Meta, key)? {
         None => Ok(0),

@@ -95,35 +95,15 @@ async fn force_new_cluster(
     me: Identity,
     log: PersistedLog,
 ) -> Result<PersistedLog, StartError> {
-    use prost::Message as _;
-    use strata_engine::backend::Scan;
-    use strata_engine::state_machine::META_APPLIED_INDEX;
-    use strata_engine::{Bucket, KvBackend, LogIndex};
+    use strata_engine::membership::Members;
+    use strata_engine::state_machine::stored_applied_index;
     let backend = store.backend();
-    let corrupt = |reason: String| StorageError::Corrupt {
+    let corrupt = |e: strata_engine::BackendError| StorageError::Corrupt {
         path: store.path().display().to_string(),
-        reason,
+        reason: e.to_string(),
     };
-    let backend_error = |e: strata_engine::BackendError| corrupt(e.to_string());
-    let applied = backend
-        .get(Bucket::Meta, META_APPLIED_INDEX)
-        .map_err(backend_error)?
-        .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
-        .map_or(0, u64::from_be_bytes);
-    let mut members = Vec::new();
-    let mut undecodable = false;
-    backend
-        .scan(Bucket::Members, b"", None, &mut |_, v| {
-            match MemberRecord::decode(v) {
-                Ok(m) => members.push(m),
-                Err(_) => undecodable = true,
-            }
-            Scan::Continue
-        })
-        .map_err(backend_error)?;
-    if undecodable {
-        return Err(corrupt("a member record does not decode".into()).into());
-    }
+    let applied = stored_applied_index(&backend).map_err(corrupt)?.0;
+    let members = Members::open(&backend).map_err(corrupt)?;
     let pending_conf_change = log.entries.iter().any(|e| {
         e.index > applied
             && e.index <= log.hard_state.commit
@@ -136,13 +116,15 @@ async fn force_new_cluster(
         ));
     }
     let others: Vec<MemberRecord> = members
-        .into_iter()
+        .records()
         .filter(|m| m.id != me.member_id)
+        .cloned()
         .collect();
     if others.is_empty() {
         return Ok(log);
     }
-    let forced = strata_engine::node::force_new_cluster_log(log, LogIndex(applied), &others);
+    let forced =
+        strata_engine::node::force_new_cluster_log(log, strata_engine::LogIndex(applied), &others);
     let first_new = forced.entries.len() - others.len();
     let task = strata_engine::node::PersistTask {
         number: 0,

@@ -238,8 +238,6 @@ pub struct Importer {
     last_revision: i64,
     scheduled_compact: Option<i64>,
     finished_compact: Option<i64>,
-    /// Records read, per bucket name (what `snapshot status` counts).
-    pub keys: u64,
 }
 
 /// What the importer makes of a file once every record is read.
@@ -261,7 +259,6 @@ impl Importer {
         key: &[u8],
         value: &[u8],
     ) -> Result<Option<StrataRecord>, LayoutError> {
-        self.keys += 1;
         let bad = |reason: String| layout_error(bucket, key, reason);
         let keep = |b: Bucket| Ok(Some((b, key.to_vec(), value.to_vec())));
         match bucket {
