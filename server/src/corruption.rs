@@ -71,16 +71,27 @@ async fn peer_hash(ctx: &Ctx, url: &str, revision: i64) -> Result<Hashed, String
     })
 }
 
-/// The other members with a client URL: (id, url).
-fn peers(ctx: &Ctx) -> Vec<(u64, String)> {
+/// The other members and their first client URL, if they have published one.
+fn peers(ctx: &Ctx) -> Vec<(u64, Option<String>)> {
     let shared = &ctx.handle.shared;
     shared
         .view()
         .members
         .iter()
         .filter(|m| m.id != shared.id.0)
-        .filter_map(|m| m.client_urls.first().map(|u| (m.id, u.clone())))
+        .map(|m| (m.id, m.client_urls.first().cloned()))
         .collect()
+}
+
+/// Waits up to [`PEER_TIMEOUT`] for every other member's client URL: members started
+/// together publish theirs moments apart, and a check that found no peer to ask would pass
+/// without comparing anything.
+async fn wait_for_peer_urls(ctx: &Ctx) {
+    let deadline = tokio::time::Instant::now() + PEER_TIMEOUT;
+    while peers(ctx).iter().any(|(_, url)| url.is_none()) && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Compares `local` with every peer's hash at `local.revision`; returns the peers whose data
@@ -88,6 +99,14 @@ fn peers(ctx: &Ctx) -> Vec<(u64, String)> {
 async fn differing_peers(ctx: &Ctx, local: Hashed, check: &str) -> Vec<u64> {
     let mut differing = Vec::new();
     for (id, url) in peers(ctx) {
+        let Some(url) = url else {
+            tracing::warn!(
+                check,
+                remote_peer_id = %format!("{id:x}"),
+                "cannot fetch hash from remote peer: it has not published its client URLs"
+            );
+            continue;
+        };
         match peer_hash(ctx, &url, local.revision).await {
             Ok(theirs) if theirs.compact_revision != local.compact_revision => {
                 tracing::warn!(
@@ -130,6 +149,7 @@ pub async fn initial_check(ctx: &Ctx) -> Result<(), String> {
             return Ok(());
         }
     };
+    wait_for_peer_urls(ctx).await;
     tracing::info!(
         revision = local.revision,
         "starting initial corruption check"

@@ -157,6 +157,10 @@ fn the_initial_corrupt_check_refuses_a_member_whose_data_differs() {
         cluster.start(0, &good, &check),
         cluster.start(1, &good, &check),
     ]);
+    // The check asks the peers' client ports, which answer once those peers serve: c starts
+    // (as a member restarting into a running cluster would) after a and b serve.
+    cluster.wait_healthy(0);
+    cluster.wait_healthy(1);
     let mut c = cluster.start(2, &bad, &check);
     let deadline = Instant::now() + Duration::from_secs(30);
     let status = loop {
@@ -200,14 +204,15 @@ fn the_periodic_check_raises_the_corrupt_alarm_for_a_member_whose_data_differs()
         "--experimental-compact-hash-check-enabled=true",
         "--experimental-compact-hash-check-time=1s",
     ];
-    let _children = Children(vec![
+    // a or b leads (c joins once they serve): the leader compares the followers with itself.
+    let mut children = Children(vec![
         cluster.start(0, &good, &check),
         cluster.start(1, &good, &check),
-        cluster.start(2, &bad, &check),
     ]);
-    for i in 0..3 {
-        cluster.wait_healthy(i);
-    }
+    cluster.wait_healthy(0);
+    cluster.wait_healthy(1);
+    children.0.push(cluster.start(2, &bad, &check));
+    cluster.wait_healthy(2);
     let endpoint = cluster.plan.clients[0].as_str();
     let c_id = etcdctl(endpoint, &["member", "list"])
         .lines()
