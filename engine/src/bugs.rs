@@ -42,10 +42,18 @@ pub enum Bug {
     /// the previous leader left in the log can land after the renewal (Strata's own bug,
     /// swarm seed 1121).
     RenewBeforeOwnTerm,
+    /// Storage logic: a snapshot install deletes the stored log only up to the snapshot's
+    /// index, so a tail of the history the snapshot replaced survives a restart (Strata's own
+    /// bug, issue 15).
+    StaleTailAfterSnapshot,
+    /// Storage logic: an append that conflicts with stored entries overwrites the ones it
+    /// carries but leaves the stored entries after them, so a restart loads the replaced
+    /// history's tail behind the new entries.
+    AppendKeepsStaleSuffix,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 14] = [
+    pub const ALL: [Bug; 16] = [
         Bug::SkipFsync,
         Bug::VoteNotPersisted,
         Bug::SerializableAsLinearizable,
@@ -60,6 +68,8 @@ impl Bug {
         Bug::ExpiredKeepAliveAnswered,
         Bug::LockSkipsWait,
         Bug::RenewBeforeOwnTerm,
+        Bug::StaleTailAfterSnapshot,
+        Bug::AppendKeepsStaleSuffix,
     ];
 
     /// The kebab-case name the simulator's `--bug` takes.
@@ -79,6 +89,8 @@ impl Bug {
             Bug::ExpiredKeepAliveAnswered => "expired-keepalive-answered",
             Bug::LockSkipsWait => "lock-skips-wait",
             Bug::RenewBeforeOwnTerm => "renew-before-own-term",
+            Bug::StaleTailAfterSnapshot => "stale-tail-after-snapshot",
+            Bug::AppendKeepsStaleSuffix => "append-keeps-stale-suffix",
         }
     }
 

@@ -129,7 +129,7 @@ impl Config {
 }
 
 /// What the driver persisted of the raft log, handed back at restart.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct PersistedLog {
     pub hard_state: HardState,
     /// The last index dropped from the log, and its term.

@@ -155,6 +155,10 @@ pub struct MemberFlags {
     /// Number of committed entries between log compactions (snapshots); 0: the default.
     #[arg(long, env = "ETCD_SNAPSHOT_COUNT", default_value_t = 10_000)]
     pub snapshot_count: u64,
+    /// Entries kept behind each log compaction for slow followers (etcd 3.5's flag).
+    #[arg(long, env = "ETCD_EXPERIMENTAL_SNAPSHOT_CATCHUP_ENTRIES",
+          default_value_t = strata_engine::limits::SNAPSHOT_CATCH_UP_ENTRIES)]
+    pub experimental_snapshot_catchup_entries: u64,
     /// URLs to serve `/metrics` and the health endpoints on, besides the client URLs.
     #[arg(long, env = "ETCD_LISTEN_METRICS_URLS", default_value = "")]
     pub listen_metrics_urls: String,
@@ -367,6 +371,7 @@ pub struct MemberConfig {
     pub heartbeat_ms: u64,
     pub election_ms: u64,
     pub snapshot_count: u64,
+    pub snapshot_catch_up_entries: u64,
     pub quota_backend_bytes: i64,
     pub max_request_bytes: u32,
     pub max_txn_ops: u32,
@@ -935,6 +940,18 @@ fn parse_duration(s: &str) -> Option<Duration> {
     (total > Duration::ZERO).then_some(total)
 }
 
+/// A member's configuration from a command line (`args[0]` is the program name), as `strata`
+/// reads its own: the simulator starts its members through this too.
+pub fn member_config_from_args<I, T>(args: I) -> Result<MemberConfig, String>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    use clap::Parser as _;
+    let cli = Cli::try_parse_from(args).map_err(|e| e.to_string())?;
+    cli.member.validate()
+}
+
 impl MemberFlags {
     /// Checks the flags against each other, as etcd does before starting.
     pub fn validate(&self) -> Result<MemberConfig, String> {
@@ -1077,6 +1094,7 @@ impl MemberFlags {
             heartbeat_ms: self.heartbeat_interval,
             election_ms: self.election_timeout,
             snapshot_count,
+            snapshot_catch_up_entries: self.experimental_snapshot_catchup_entries,
             listen_metrics,
             progress_notify_interval: progress_notify,
             corruption,

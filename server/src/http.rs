@@ -27,49 +27,12 @@ use tokio::sync::{mpsc, watch};
 use crate::api::CERT_USER;
 use crate::tls::{HandshakeLog, Port, PortTls};
 
-use crate::api::pb::etcdserverpb::{
-    auth_server::AuthServer, cluster_server::ClusterServer, kv_server::KvServer,
-    lease_server::LeaseServer, maintenance_server::MaintenanceServer, watch_server::WatchServer,
-};
-use crate::api::pb::v3electionpb::election_server::ElectionServer;
-use crate::api::pb::v3lockpb::lock_server::LockServer;
-use crate::api::{auth, cluster, election, kv, lease, lock, maintenance, watch as watch_api, Ctx};
-
-/// gRPC framing overhead etcd allows above `--max-request-bytes`.
-const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
+use crate::api::Ctx;
 
 /// The gRPC services, limited to etcd's receive size.
 pub fn grpc_routes(ctx: &Ctx, max_request_bytes: usize) -> tonic::service::Routes {
-    let max = max_request_bytes + GRPC_OVERHEAD_BYTES;
     let mut routes = tonic::service::Routes::builder();
-    routes
-        .add_service(KvServer::new(kv::KvService(ctx.clone())).max_decoding_message_size(max))
-        .add_service(
-            WatchServer::new(watch_api::WatchService(ctx.clone())).max_decoding_message_size(max),
-        )
-        .add_service(
-            LeaseServer::new(lease::LeaseService(ctx.clone())).max_decoding_message_size(max),
-        )
-        .add_service(
-            ClusterServer::new(cluster::ClusterService(ctx.clone())).max_decoding_message_size(max),
-        )
-        .add_service(LockServer::new(lock::LockService(ctx.clone())).max_decoding_message_size(max))
-        .add_service(
-            ElectionServer::new(election::ElectionService(ctx.clone()))
-                .max_decoding_message_size(max),
-        )
-        .add_service(
-            AuthServer::new(auth::AuthService {
-                ctx: ctx.clone(),
-                bcrypt_cost: ctx.bcrypt_cost,
-            })
-            .max_decoding_message_size(max),
-        )
-        .add_service(
-            MaintenanceServer::new(maintenance::MaintenanceService(ctx.clone()))
-                .max_decoding_message_size(max)
-                .max_encoding_message_size(usize::MAX),
-        );
+    crate::add_client_services!(routes, ctx, max_request_bytes);
     routes.routes()
 }
 

@@ -3,7 +3,7 @@
 //! services ([`api`]), the client port with the HTTP/JSON endpoints ([`http`]) and etcd's JSON
 //! gateway ([`gateway`]), TLS on both ports ([`tls`]), JWT auth tokens ([`jwt`]), systemd
 //! readiness ([`notify`]), etcd's snapshot files ([`snapshot`], [`bolt`]), the command line
-//! ([`config`]) and member start-up ([`server`]).
+//! ([`config`]) and member start-up ([`startup`], shared with the simulator, and [`server`]).
 
 pub mod api;
 #[cfg(not(madsim))]
@@ -29,6 +29,7 @@ pub mod notify;
 #[cfg(not(madsim))]
 pub mod server;
 pub mod snapshot;
+pub mod startup;
 pub mod storage;
 #[cfg(not(madsim))]
 pub mod tls;

@@ -1,13 +1,17 @@
-//! Members of a simulated cluster: each runs the production driver, peer transport and gRPC
-//! services inside its own madsim node (its own IP, its own tasks, killed and restarted as a
-//! whole), over its own [`SimDisk`] and [`NodeClock`].
+//! Members of a simulated cluster: each is started from a command line of etcd's flags
+//! through the server's own start-up ([`strata_server::startup::launch`]: flags, identity,
+//! storage recovery, driver, peer transport) and serves the production gRPC services, inside
+//! its own madsim node (its own IP, its own tasks, killed and restarted as a whole), over its
+//! own [`FaultDevice`] and [`NodeClock`]. Only the device, the sockets and the clock are the
+//! simulator's.
 //!
 //! Invariants:
 //! - A member's disk and clock live in its [`Slot`], outside the madsim node, so they
-//!   survive kills; a restart re-runs [`member_main`], which loads the disk as a real start
-//!   would (and refuses a corrupt one).
-//! - Member `ix` has IP `10.0.0.{ix+1}`, client port 2379, peer port 2380. Bootstrap
-//!   members have member id `ix+1`; a member added later has the id the cluster assigned.
+//!   survive kills; a restart re-runs [`member_main`], which recovers the disk as a real start
+//!   does (and refuses a corrupt one).
+//! - Member `ix` has IP `10.0.0.{ix+1}`, client port 2379, peer port 2380, name `s{ix}`. Its
+//!   member id is etcd's, from its peer URL and the cluster token (bootstrap members) or the
+//!   one the cluster assigned (members added later).
 //! - Every boot draws a fresh engine seed from the run's RNG (proposal ids must not repeat).
 
 use std::collections::BTreeMap;
@@ -16,36 +20,31 @@ use std::sync::{Arc, Mutex};
 
 use madsim::runtime::{Handle as SimHandle, NodeHandle};
 use strata_engine::bugs::Bug;
-use strata_engine::node::{bootstrap_log, Config, PersistedLog};
-use strata_engine::proto::strata::internal::MemberRecord;
-use strata_engine::{Limits, NodeId};
-use strata_server::api::pb::etcdserverpb::{
-    auth_server::AuthServer, cluster_server::ClusterServer, kv_server::KvServer,
-    lease_server::LeaseServer, maintenance_server::MaintenanceServer, watch_server::WatchServer,
-};
-use strata_server::api::pb::v3electionpb::election_server::ElectionServer;
-use strata_server::api::pb::v3lockpb::lock_server::LockServer;
-use strata_server::api::{self, Ctx};
+use strata_server::api::Ctx;
 use strata_server::clock::NodeClock;
-use strata_server::driver::{Driver, Handle, Observation, Parts};
-use strata_server::storage::{bootstrap_task, LogStorage};
-use strata_server::transport::{self, MembersSource, Transport};
+use strata_server::config::{member_config_from_args, member_id, MemberConfig};
+use strata_server::driver::{Handle, Observation};
+use strata_server::startup::{launch, Env, Launched, StartError};
+use strata_server::storage::fault::{Crash, FaultDevice};
+use strata_server::storage::store::Store;
 
-use crate::disk::SimDisk;
+use crate::check::durability::REFUSED_TO_START;
 use crate::history::{NodeIx, RaftEvent};
 use crate::recorder::Recorder;
 use crate::scenario;
 
-pub const CLUSTER_ID: u64 = 0x5157_a7a0_c1a5_7e25;
 pub const CLIENT_PORT: u16 = 2379;
 pub const PEER_PORT: u16 = 2380;
+/// `--initial-cluster-token` of every simulated cluster.
+const CLUSTER_TOKEN: &str = "strata-sim";
 
 pub fn member_ip(ix: NodeIx) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(10, 0, 0, ix as u8 + 1))
 }
 
+/// The member id etcd derives for a bootstrap member from its peer URL and the token.
 fn bootstrap_id(ix: NodeIx) -> u64 {
-    ix as u64 + 1
+    member_id(&[peer_url(ix)], CLUSTER_TOKEN)
 }
 
 pub fn client_url(ix: NodeIx) -> String {
@@ -74,7 +73,7 @@ pub struct Slot {
     pub ix: NodeIx,
     /// The etcd member id (0 until the member is added).
     pub id: u64,
-    pub disk: SimDisk,
+    pub disk: FaultDevice,
     pub clock: NodeClock,
     pub node: Option<NodeHandle>,
     pub life: Life,
@@ -84,13 +83,9 @@ pub struct Slot {
 /// Who a member is when it starts; shared by all its boots.
 struct Spec {
     ix: NodeIx,
-    id: u64,
-    cluster: scenario::Cluster,
-    /// The bootstrap member list (initial members), or `None` for a member that joins.
-    bootstrap: Option<Vec<MemberRecord>>,
-    /// Peers a joining member reaches first.
-    join_peers: BTreeMap<NodeId, Vec<String>>,
-    disk: SimDisk,
+    /// Its command line, as an operator would write it.
+    args: Vec<String>,
+    disk: FaultDevice,
     clock: NodeClock,
     recorder: Recorder,
     handles: Handles,
@@ -115,7 +110,7 @@ impl Members {
             .map(|ix| Slot {
                 ix,
                 id: 0,
-                disk: SimDisk::new(format!("s{ix}")),
+                disk: FaultDevice::new(format!("s{ix}")),
                 clock: NodeClock::default(),
                 node: None,
                 life: Life::Unborn,
@@ -132,51 +127,76 @@ impl Members {
         }
     }
 
-    fn record(ix: NodeIx) -> MemberRecord {
-        MemberRecord {
-            id: bootstrap_id(ix),
-            name: format!("s{ix}"),
-            peer_urls: vec![peer_url(ix)],
-            client_urls: vec![],
-            is_learner: false,
-        }
-    }
-
     /// Starts the bootstrap voters.
     pub fn bootstrap(&mut self) {
-        let voters: Vec<MemberRecord> = (0..self.cluster.voters).map(Self::record).collect();
-        for ix in 0..self.cluster.voters {
+        let voters: Vec<NodeIx> = (0..self.cluster.voters).collect();
+        for &ix in &voters {
             self.slots[ix as usize].id = bootstrap_id(ix);
-            self.launch(ix, Some(voters.clone()), BTreeMap::new());
+            let args = self.args(ix, &voters, "new");
+            self.launch(ix, args);
         }
     }
 
-    /// Starts a member the cluster just added (as a learner) with member id `id`.
+    /// Starts a member the cluster just added (as a learner) with member id `id`: it joins
+    /// with `--initial-cluster-state existing`, naming the members it knows of.
     pub fn launch_joiner(&mut self, ix: NodeIx, id: u64) {
         self.slots[ix as usize].id = id;
         self.slots[ix as usize].learner = true;
-        let peers = self
+        let known: Vec<NodeIx> = self
             .slots
             .iter()
-            .filter(|s| s.ix != ix && matches!(s.life, Life::Up | Life::Paused | Life::Killed))
-            .map(|s| (NodeId(s.id), vec![peer_url(s.ix)]))
+            .filter(|s| s.ix == ix || matches!(s.life, Life::Up | Life::Paused | Life::Killed))
+            .map(|s| s.ix)
             .collect();
-        self.launch(ix, None, peers);
+        let args = self.args(ix, &known, "existing");
+        self.launch(ix, args);
     }
 
-    fn launch(
-        &mut self,
-        ix: NodeIx,
-        bootstrap: Option<Vec<MemberRecord>>,
-        join_peers: BTreeMap<NodeId, Vec<String>>,
-    ) {
+    /// Member `ix`'s command line: etcd's flags, with the scenario's timing and snapshot
+    /// settings.
+    fn args(&self, ix: NodeIx, initial: &[NodeIx], state: &str) -> Vec<String> {
+        let c = &self.cluster;
+        let initial_cluster = initial
+            .iter()
+            .map(|&m| format!("s{m}={}", peer_url(m)))
+            .collect::<Vec<_>>()
+            .join(",");
+        let flags = [
+            ("--name", format!("s{ix}")),
+            ("--data-dir", format!("/sim/s{ix}")),
+            ("--listen-client-urls", client_url(ix)),
+            ("--advertise-client-urls", client_url(ix)),
+            ("--listen-peer-urls", peer_url(ix)),
+            ("--initial-advertise-peer-urls", peer_url(ix)),
+            ("--initial-cluster", initial_cluster),
+            ("--initial-cluster-state", state.to_string()),
+            ("--initial-cluster-token", CLUSTER_TOKEN.to_string()),
+            (
+                "--heartbeat-interval",
+                c.heartbeat.0.as_millis().to_string(),
+            ),
+            (
+                "--election-timeout",
+                c.election_timeout.0.as_millis().to_string(),
+            ),
+            ("--snapshot-count", c.snapshot_count.to_string()),
+            (
+                "--experimental-snapshot-catchup-entries",
+                c.snapshot_catch_up_entries.to_string(),
+            ),
+            // Hashing passwords at etcd's cost would dominate simulated CPU time.
+            ("--bcrypt-cost", "4".to_string()),
+        ];
+        std::iter::once("strata".to_string())
+            .chain(flags.into_iter().flat_map(|(f, v)| [f.to_string(), v]))
+            .collect()
+    }
+
+    fn launch(&mut self, ix: NodeIx, args: Vec<String>) {
         let slot = &mut self.slots[ix as usize];
         let spec = Arc::new(Spec {
             ix,
-            id: slot.id,
-            cluster: self.cluster.clone(),
-            bootstrap,
-            join_peers,
+            args,
             disk: slot.disk.clone(),
             clock: slot.clock.clone(),
             recorder: self.recorder.clone(),
@@ -243,6 +263,11 @@ impl Members {
 
     pub fn restart(&mut self, ix: NodeIx) {
         if let Some(id) = self.node_id(ix) {
+            // The old process is gone; the OS keeps what it had written (a kill already
+            // applied its crash to the disk, so this only ends a failed disk's refusal).
+            self.slots[ix as usize]
+                .disk
+                .crash(Crash::KeepUnsynced, |n| n);
             // A member that stopped on its own exited without releasing its sockets: a kill
             // resets them, as the OS does when a process ends.
             self.sim.kill(id);
@@ -275,64 +300,96 @@ impl Members {
     }
 }
 
-/// One boot of a member: load the disk, start the driver, the peer listener and the gRPC
-/// services, and run until the driver stops (the madsim node then exits with it).
+/// One boot of a member: its command line becomes a configuration, the server's start-up
+/// recovers its disk and starts the driver and peer transport, the production gRPC services
+/// answer on its client URL, and it runs until the driver stops (the madsim node then exits
+/// with it).
 async fn member_main(spec: Arc<Spec>) {
     let ix = spec.ix;
     let rec = &spec.recorder;
-    let loaded = match spec.disk.load() {
-        Ok(l) => l,
-        Err(e) => {
-            rec.log(format!("s{ix} refuses to start: {e}"));
-            rec.raft(
-                ix,
-                RaftEvent::Stopped {
-                    why: format!("refused to start: {e}"),
-                },
-            );
-            return;
-        }
+    let stopped = |why: String| {
+        rec.log(format!("s{ix} {why}"));
+        rec.raft(ix, RaftEvent::Stopped { why });
     };
-    if loaded.torn_tail {
-        rec.log(format!("s{ix} dropped a torn tail record at start"));
-    }
-    let mut log = spec.disk.log();
-    let persisted = match (&spec.bootstrap, loaded.fresh) {
-        (Some(members), true) => {
-            let boot = bootstrap_log(members);
-            if let Err(e) = log.persist(vec![bootstrap_task(&boot)]).await {
-                rec.raft(ix, RaftEvent::Stopped { why: e.to_string() });
-                return;
-            }
-            boot
-        }
-        (None, true) => PersistedLog::default(),
-        (_, false) => loaded.log,
+    let cfg: MemberConfig = match member_config_from_args(&spec.args) {
+        Ok(cfg) => cfg,
+        Err(e) => return stopped(format!("refused its flags: {e}")),
     };
-    let id = NodeId(spec.id);
-    let c = &spec.cluster;
-    let mut config = Config::new(id, CLUSTER_ID, madsim::rand::random());
-    config.tick_ms = c.heartbeat.0.as_millis() as u64;
-    config.heartbeat_ticks = 1;
-    config.election_ticks = (c.election_timeout.0.as_millis() as u64 / config.tick_ms) as usize;
-    config.request_timeout_ticks =
-        (5000 + 2 * c.election_timeout.0.as_millis() as u64) / config.tick_ms;
-    config.limits = Limits {
-        snapshot_count: c.snapshot_count,
-        snapshot_catch_up_entries: c.snapshot_catch_up_entries,
-        ..Limits::default()
-    };
-    config.bug = spec.bug;
-
-    let (peer_tx, peer_rx) = tokio::sync::mpsc::unbounded_channel();
-    let transport = Transport::new(id, CLUSTER_ID, vec![peer_url(ix)], peer_tx);
     let (_shutdown_tx, shutdown) = tokio::sync::watch::channel(false);
-    let observer_rec = rec.clone();
     // What the driver reports while starting is held until `Started` is recorded, so every
     // lifetime's records follow its `Started`.
     let early: Arc<Mutex<Option<Vec<RaftEvent>>>> = Arc::new(Mutex::new(Some(Vec::new())));
-    let early_in = early.clone();
-    let observer: strata_server::driver::Observer = Arc::new(move |o| {
+    let env = Env {
+        store: Store::new(spec.disk.clone()),
+        clock: spec.clock.clone(),
+        seed: madsim::rand::random(),
+        observer: Some(observer(ix, rec.clone(), early.clone())),
+        bug: spec.bug,
+        peer_tls: None,
+    };
+    let Launched { driver, handle, .. } = match launch(&cfg, env, shutdown).await {
+        Ok(launched) => launched,
+        // Only a disk the storage logic rejects is a refusal (the durability checker
+        // allows it after bit rot alone); a joiner that cannot reach the cluster just fails.
+        Err(e @ StartError::Storage(_)) => return stopped(format!("{REFUSED_TO_START}: {e}")),
+        Err(e) => return stopped(format!("failed to start: {e}")),
+    };
+    let view = handle.shared.view();
+    rec.raft(
+        ix,
+        RaftEvent::Started {
+            applied: view.applied.0,
+            revision: view.revision,
+            term: view.term.0,
+            vote: view.vote.map_or(0, |v| v.0),
+        },
+    );
+    for event in early.lock().expect("early lock").take().unwrap_or_default() {
+        rec.raft(ix, event);
+    }
+    spec.handles
+        .lock()
+        .expect("handles lock")
+        .insert(ix, handle.clone());
+
+    let mut ctx = Ctx::new(handle.clone());
+    ctx.bcrypt_cost = cfg.bcrypt_cost;
+    let client_addr = SocketAddr::new(member_ip(ix), CLIENT_PORT);
+    let client_rec = rec.clone();
+    let max_request_bytes = cfg.max_request_bytes as usize;
+    tokio::spawn(async move {
+        let served = strata_server::add_client_services!(
+            tonic::transport::Server::builder(),
+            &ctx,
+            max_request_bytes
+        )
+        .serve(client_addr)
+        .await;
+        if let Err(e) = served {
+            client_rec.log(format!("s{ix} client listener failed: {e}"));
+        }
+    });
+
+    let stopped = driver.run().await;
+    spec.handles.lock().expect("handles lock").remove(&ix);
+    rec.log(format!("s{ix} stopped: {stopped}"));
+    rec.raft(
+        ix,
+        RaftEvent::Stopped {
+            why: stopped.to_string(),
+        },
+    );
+    // Returning ends the madsim node at once, as a process exits on a fatal error.
+}
+
+/// Turns the driver's observations into the history's raft records, holding them in `early`
+/// until the boot's `Started` is recorded.
+fn observer(
+    ix: NodeIx,
+    rec: Recorder,
+    early: Arc<Mutex<Option<Vec<RaftEvent>>>>,
+) -> strata_server::driver::Observer {
+    Arc::new(move |o| {
         let event = match o {
             Observation::State {
                 term,
@@ -354,106 +411,9 @@ async fn member_main(spec: Arc<Spec>) {
                 candidate: candidate.0,
             },
         };
-        match early_in.lock().expect("early lock").as_mut() {
+        match early.lock().expect("early lock").as_mut() {
             Some(held) => held.push(event),
-            None => observer_rec.raft(ix, event),
+            None => rec.raft(ix, event),
         }
-    });
-    let started = Driver::start(Parts {
-        config,
-        name: format!("s{ix}"),
-        client_urls: vec![client_url(ix)],
-        backend: spec.disk.backend(loaded.backend),
-        log,
-        persisted,
-        transport: transport.clone(),
-        initial_peers: spec.join_peers.clone(),
-        peer_events: peer_rx,
-        shutdown,
-        clock: spec.clock.clone(),
-        observer: Some(observer),
-    });
-    let (driver, handle) = match started {
-        Ok(x) => x,
-        Err(e) => {
-            rec.log(format!("s{ix} failed to start: {e}"));
-            rec.raft(ix, RaftEvent::Stopped { why: e.to_string() });
-            return;
-        }
-    };
-    let view = handle.shared.view();
-    rec.raft(
-        ix,
-        RaftEvent::Started {
-            applied: view.applied.0,
-            revision: view.revision,
-            term: view.term.0,
-            vote: view.vote.map_or(0, |v| v.0),
-        },
-    );
-    for event in early.lock().expect("early lock").take().unwrap_or_default() {
-        rec.raft(ix, event);
-    }
-    spec.handles
-        .lock()
-        .expect("handles lock")
-        .insert(ix, handle.clone());
-
-    let peer_addr = SocketAddr::new(member_ip(ix), PEER_PORT);
-    let listener = match tokio::net::TcpListener::bind(peer_addr).await {
-        Ok(l) => l,
-        Err(e) => {
-            rec.raft(
-                ix,
-                RaftEvent::Stopped {
-                    why: format!("bind {peer_addr}: {e}"),
-                },
-            );
-            return;
-        }
-    };
-    let shared = handle.shared.clone();
-    let members: MembersSource = Arc::new(move || shared.view().members);
-    tokio::spawn(transport::serve(listener, transport, members, false));
-
-    let mut ctx = Ctx::new(handle.clone());
-    ctx.bcrypt_cost = 4;
-    let client_addr = SocketAddr::new(member_ip(ix), CLIENT_PORT);
-    let client_rec = rec.clone();
-    tokio::spawn(async move {
-        let served = tonic::transport::Server::builder()
-            .add_service(KvServer::new(api::kv::KvService(ctx.clone())))
-            .add_service(WatchServer::new(api::watch::WatchService(ctx.clone())))
-            .add_service(LeaseServer::new(api::lease::LeaseService(ctx.clone())))
-            .add_service(ClusterServer::new(api::cluster::ClusterService(
-                ctx.clone(),
-            )))
-            .add_service(LockServer::new(api::lock::LockService(ctx.clone())))
-            .add_service(ElectionServer::new(api::election::ElectionService(
-                ctx.clone(),
-            )))
-            .add_service(AuthServer::new(api::auth::AuthService {
-                ctx: ctx.clone(),
-                bcrypt_cost: 4,
-            }))
-            .add_service(MaintenanceServer::new(
-                api::maintenance::MaintenanceService(ctx.clone()),
-            ))
-            .serve(client_addr)
-            .await;
-        if let Err(e) = served {
-            client_rec.log(format!("s{ix} client listener failed: {e}"));
-        }
-    });
-
-    let stopped = driver.run().await;
-    spec.handles.lock().expect("handles lock").remove(&ix);
-    rec.log(format!("s{ix} stopped: {stopped}"));
-    rec.raft(
-        ix,
-        RaftEvent::Stopped {
-            why: stopped.to_string(),
-        },
-    );
-    // Returning ends the madsim node at once, as a process exits on a fatal error.
+    })
 }

@@ -16,7 +16,7 @@
 //! - Times are simulated nanoseconds since the run started (one global clock: the simulator's,
 //!   not any node's skewed clock).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// Simulated nanoseconds since the start of the run.
 pub type Nanos = u64;
@@ -317,6 +317,8 @@ pub struct History {
     pub raft: Vec<RaftRecord>,
     /// When the nemesis healed every fault (None: faults lasted to the end).
     pub healed_at: Option<Nanos>,
+    /// Members whose disks the nemesis corrupted (bit rot): they may refuse to start.
+    pub rotten: BTreeSet<NodeIx>,
     /// The final, fault-free read of every key the workload used, per node: what each member
     /// serves (serializable) after the run has quiesced.
     pub final_reads: BTreeMap<NodeIx, Vec<Kv>>,

@@ -2,7 +2,8 @@
 //!
 //! - [`history`]: what a run observed; [`check`]: the checkers that judge it. Both are plain
 //!   Rust (no madsim), unit-tested in the normal build.
-//! - The runner, the fault disk and the nemesis exist only in the madsim build
+//! - The runner and the nemesis exist only in the madsim build (members run the server's own
+//!   start-up and storage logic over its fault disk, `strata_server::storage::fault`)
 //!   (`RUSTFLAGS="--cfg madsim"`, see `ci/sim.sh`).
 
 pub mod check;
@@ -18,8 +19,6 @@ pub mod cli;
 pub mod client;
 #[cfg(madsim)]
 pub mod cluster;
-#[cfg(madsim)]
-pub mod disk;
 #[cfg(madsim)]
 pub mod nemesis;
 #[cfg(madsim)]

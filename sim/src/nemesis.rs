@@ -1,6 +1,6 @@
 //! The nemesis: carries out a scenario's timeline against the cluster — network faults
 //! through madsim's `NetSim`, process faults through madsim's node control, disk faults
-//! through each member's [`SimDisk`], clock faults through its [`NodeClock`], and membership,
+//! through each member's fault disk ([`strata_server::storage::fault::FaultDevice`]), clock faults through its [`NodeClock`], and membership,
 //! leadership, compaction and defragmentation through the members' real gRPC services, as an
 //! operator would.
 //!
@@ -25,12 +25,13 @@ use strata_engine::proto::etcdserverpb::{
 use strata_server::api::pb::etcdserverpb::{
     cluster_client::ClusterClient, kv_client::KvClient, maintenance_client::MaintenanceClient,
 };
+use strata_server::storage::fault::Crash;
 use tonic::transport::Endpoint;
 
 use crate::cluster::{client_url, peer_url, Life, Members};
 use crate::history::{Call, NodeIx, Op, Outcome, Reply};
 use crate::recorder::Recorder;
-use crate::scenario::{Fault, Target};
+use crate::scenario::{CrashDisk, Fault, Target};
 
 const OPERATOR_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -171,7 +172,11 @@ impl Nemesis {
             }
             Fault::Kill { disk, .. } => {
                 self.members.kill(ix);
-                let mode = *disk;
+                let mode = match disk {
+                    CrashDisk::LoseUnsynced => Crash::LoseUnsynced,
+                    CrashDisk::TornTail => Crash::TornTail,
+                    CrashDisk::KeepUnsynced => Crash::KeepUnsynced,
+                };
                 self.members.slots[ix as usize]
                     .disk
                     .crash(mode, |n| madsim::rand::thread_rng().gen_range(0..=n));
@@ -185,7 +190,11 @@ impl Nemesis {
                 let hit = self.members.slots[ix as usize]
                     .disk
                     .bitrot(|n| madsim::rand::thread_rng().gen_range(0..n.max(1)));
-                if !hit {
+                if hit {
+                    self.rec.with_history(|h| {
+                        h.rotten.insert(ix);
+                    });
+                } else {
                     self.rec
                         .log(format!("bitrot s{ix}: too few durable records; skipped"));
                 }

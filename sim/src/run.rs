@@ -196,7 +196,7 @@ async fn drive_with(s: Scenario, bug: Option<Bug>) -> (History, Vec<String>) {
             id: c,
             members: s.cluster.voters,
             workload: s.workload.clone(),
-            stop_at,
+            stop_at: s.workload.stop.map_or(stop_at, |stop| t0 + stop.0),
             recorder: rec.clone(),
         })));
     }

@@ -504,6 +504,10 @@ pub struct Workload {
     /// probability `lease_abandon`, stops doing so to let it expire.
     pub lease_ttl_secs: i64,
     pub lease_abandon: f64,
+    /// Clients send no new operation from this time on, so the cluster idles (watchers keep
+    /// watching); by default they run until the liveness window ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop: Option<Span>,
 }
 
 impl Default for Workload {
@@ -519,6 +523,7 @@ impl Default for Workload {
             watch_prev_kv: true,
             lease_ttl_secs: 5,
             lease_abandon: 0.0,
+            stop: None,
         }
     }
 }
@@ -658,6 +663,9 @@ impl Scenario {
         }
         if !(0.0..=1.0).contains(&self.workload.lease_abandon) {
             return Err("workload.lease_abandon must be within [0, 1]".into());
+        }
+        if self.workload.stop.is_some_and(|stop| stop > self.duration) {
+            return Err("workload.stop must be within the duration".into());
         }
         if self.workload.lease_ttl_secs < 1 {
             return Err("workload.lease_ttl_secs must be at least 1".into());

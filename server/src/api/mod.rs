@@ -25,6 +25,60 @@ use tonic::Status;
 
 use crate::driver::Handle;
 
+/// gRPC framing overhead etcd allows above `--max-request-bytes`.
+pub const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
+
+/// Adds etcd's gRPC services over `ctx` to `builder` (tonic's `RoutesBuilder` in production,
+/// madsim's `Server` in the simulator: both have `add_service`), each refusing requests
+/// above `max_request_bytes` plus [`GRPC_OVERHEAD_BYTES`] as etcd does. The one list of the
+/// client port's services, whichever runtime serves them.
+#[macro_export]
+macro_rules! add_client_services {
+    ($builder:expr, $ctx:expr, $max_request_bytes:expr) => {{
+        use $crate::api::pb::etcdserverpb::{
+            auth_server::AuthServer, cluster_server::ClusterServer, kv_server::KvServer,
+            lease_server::LeaseServer, maintenance_server::MaintenanceServer,
+            watch_server::WatchServer,
+        };
+        use $crate::api::pb::v3electionpb::election_server::ElectionServer;
+        use $crate::api::pb::v3lockpb::lock_server::LockServer;
+        use $crate::api::{auth, cluster, election, kv, lease, lock, maintenance, watch};
+        let ctx: &$crate::api::Ctx = $ctx;
+        let max = $max_request_bytes + $crate::api::GRPC_OVERHEAD_BYTES;
+        $builder
+            .add_service(KvServer::new(kv::KvService(ctx.clone())).max_decoding_message_size(max))
+            .add_service(
+                WatchServer::new(watch::WatchService(ctx.clone())).max_decoding_message_size(max),
+            )
+            .add_service(
+                LeaseServer::new(lease::LeaseService(ctx.clone())).max_decoding_message_size(max),
+            )
+            .add_service(
+                ClusterServer::new(cluster::ClusterService(ctx.clone()))
+                    .max_decoding_message_size(max),
+            )
+            .add_service(
+                LockServer::new(lock::LockService(ctx.clone())).max_decoding_message_size(max),
+            )
+            .add_service(
+                ElectionServer::new(election::ElectionService(ctx.clone()))
+                    .max_decoding_message_size(max),
+            )
+            .add_service(
+                AuthServer::new(auth::AuthService {
+                    ctx: ctx.clone(),
+                    bcrypt_cost: ctx.bcrypt_cost,
+                })
+                .max_decoding_message_size(max),
+            )
+            .add_service(
+                MaintenanceServer::new(maintenance::MaintenanceService(ctx.clone()))
+                    .max_decoding_message_size(max)
+                    .max_encoding_message_size(usize::MAX),
+            )
+    }};
+}
+
 /// The generated service stubs (messages come from `strata-engine`).
 #[allow(clippy::all, missing_docs)]
 pub mod pb {

@@ -133,7 +133,7 @@ pub fn build_data_dir(
         let store = RocksStore::open(&tmp, true).map_err(|e| e.to_string())?;
         let count = fill(&mut store.backend())?;
         let log = bootstrap_log(&target.members);
-        let mut raft_log = store.log();
+        let mut raft_log = store.log(None);
         tokio::runtime::Builder::new_current_thread()
             .build()
             .map_err(|e| e.to_string())?

@@ -12,10 +12,15 @@
 //!   that was written but not yet acknowledged), and refuses a log that fails its checksums or
 //!   is not contiguous, naming the path.
 //!
-//! Production uses RocksDB ([`rocks`]); the simulator provides its own fault-injecting storage.
+//! The logic behind both traits is written once ([`store`]) over a minimal [`device`]:
+//! RocksDB in production ([`rocks`]), the fault disk ([`fault`]) in the simulator and in the
+//! model-based test that holds RocksDB to the same contract.
 
+pub mod device;
+pub mod fault;
 #[cfg(not(madsim))]
 pub mod rocks;
+pub mod store;
 
 use std::future::Future;
 

@@ -18,6 +18,9 @@
 //! - **No going back across a restart**: after a member restarts, a linearizable op it
 //!   answers carries a revision no lower than any it answered before the restart (etcd #17780:
 //!   revision decreasing after a crash during compaction; #13766).
+//! - **A member starts from its own disk**: a member may refuse to start only if the nemesis
+//!   corrupted its disk (`h.rotten`); refusing what its own storage logic wrote (a log with a
+//!   gap, terms going back, a commit past its end) means the logic lost or mangled data.
 //!
 //! Anomalies the final reads reveal (a value no op wrote, one write seen as two kvs) are
 //! reported here too.
@@ -36,7 +39,7 @@ use super::{
     at, created_revision, header_revision, is_serializable, max_before, name, possible_effects,
     show, show_kv, Findings, Lifetimes,
 };
-use crate::history::{History, Key, Kv, NodeIx, Outcome, Violation};
+use crate::history::{History, Key, Kv, NodeIx, Outcome, RaftEvent, Violation};
 
 pub fn check(h: &History) -> Vec<Violation> {
     let obs = Observations::new(h);
@@ -51,6 +54,7 @@ pub fn check(h: &History) -> Vec<Violation> {
     hashes(h, &mut f);
     final_revision(h, &mut f);
     no_going_back(h, &mut f);
+    starts_from_own_disk(h, &mut f);
     f.finish()
 }
 
@@ -164,6 +168,23 @@ fn final_revision(h: &History, f: &mut Findings) {
     }
 }
 
+/// What a member's start-up logs when it refuses its disk (`sim::cluster::member_main`).
+pub const REFUSED_TO_START: &str = "refused to start";
+
+fn starts_from_own_disk(h: &History, f: &mut Findings) {
+    for r in &h.raft {
+        if let RaftEvent::Stopped { why } = &r.event {
+            if why.starts_with(REFUSED_TO_START) && !h.rotten.contains(&r.node) {
+                f.push(format!(
+                    "n{} refused the disk its own storage wrote, which no fault corrupted (at {}): {why}",
+                    r.node,
+                    at(r.at)
+                ));
+            }
+        }
+    }
+}
+
 fn no_going_back(h: &History, f: &mut Findings) {
     let lives = Lifetimes::new(h);
     let per_node = super::group_by(h, |op| {
@@ -211,7 +232,6 @@ fn no_going_back(h: &History, f: &mut Findings) {
 mod tests {
     use super::*;
     use crate::check::fixtures::*;
-    use crate::history::RaftEvent;
 
     fn violations(run: &Run) -> Vec<String> {
         check(&run.h).into_iter().map(|v| v.message).collect()
@@ -242,6 +262,31 @@ mod tests {
 
     fn finals(run: &mut Run, node: NodeIx, kvs: Vec<Kv>) {
         run.h.final_reads.insert(node, kvs);
+    }
+
+    fn refused(run: &mut Run, node: NodeIx) {
+        run.raft(
+            900,
+            node,
+            RaftEvent::Stopped {
+                why: format!("{REFUSED_TO_START}: sim-disk/s{node}: corrupt raft log: entry 7 has term 2 after term 3"),
+            },
+        );
+    }
+
+    #[test]
+    fn refusing_an_uncorrupted_disk_is_caught() {
+        let mut run = base();
+        refused(&mut run, 2);
+        assert_caught(&run, "n2 refused the disk its own storage wrote");
+    }
+
+    #[test]
+    fn refusing_a_rotten_disk_is_expected() {
+        let mut run = base();
+        refused(&mut run, 2);
+        run.h.rotten.insert(2);
+        assert_clean(&run);
     }
 
     #[test]
