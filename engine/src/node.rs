@@ -40,6 +40,8 @@
 //! at; an answer of `revision of auth store is old` means the store moved meanwhile, so the
 //! server checks the password again and resubmits, as etcd does.
 
+mod invariants;
+
 use std::collections::{BTreeMap, VecDeque};
 
 use prost::Message as _;
@@ -319,7 +321,8 @@ pub enum Output {
         leader: Option<NodeId>,
         term: Term,
     },
-    /// This member was removed from the cluster; the driver should stop it.
+    /// This member was removed from the cluster (its removal just applied, or found applied
+    /// at start); the driver should stop it once what it already sent has gone out.
     Removed,
 }
 
@@ -330,7 +333,11 @@ pub enum Fatal {
     Backend(#[from] BackendError),
     #[error("raft: {0}")]
     Raft(#[from] raft::Error),
+    #[error(transparent)]
+    Invariant(#[from] InvariantViolation),
 }
+
+pub use invariants::InvariantViolation;
 
 #[derive(Clone, Debug)]
 enum PendingKind {
@@ -451,6 +458,8 @@ pub struct Node<B: KvBackend> {
     outputs: Vec<Output>,
     /// Applied entries, when `config.record_applied`.
     applied_record: Vec<AppliedEntry>,
+    /// What the invariant checks remember between steps.
+    marks: invariants::Marks,
 }
 
 /// One applied log entry, as the simulator's checkers see it: two nodes that applied
@@ -537,12 +546,19 @@ impl<B: KvBackend> Node<B> {
             removed: false,
             outputs: Vec::new(),
             applied_record: Vec::new(),
+            marks: invariants::Marks::default(),
         };
         node.rearm_election_timeout();
         node.last_term = node.raw.raft.term;
         // Apply what the log already holds as committed (bootstrap conf changes, or entries
         // committed before a restart but not yet in the backend).
         node.handle_ready()?;
+        // A member whose own data says it was removed never serves again: its peers would
+        // refuse it (etcd learns the same from them), and without a vote it would only wait.
+        if !node.removed && node.sm.members.is_removed(node.config.id) {
+            node.removed = true;
+            node.outputs.push(Output::Removed);
+        }
         Ok(node)
     }
 
@@ -683,6 +699,9 @@ impl<B: KvBackend> Node<B> {
             self.handle_ready()?;
         }
         self.sync_watchers()?;
+        if invariants::CHECKED {
+            self.check_invariants()?;
+        }
         Ok(())
     }
 

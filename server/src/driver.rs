@@ -282,6 +282,9 @@ pub struct Parts<B: ServerBackend, L: LogStorage> {
     pub observer: Option<Observer>,
 }
 
+/// Heartbeats a removed member waits before it stops, as etcd does.
+const REMOVAL_GRACE_TICKS: u64 = 10;
+
 pub struct Driver<B: ServerBackend> {
     node: Node<B>,
     shared: Arc<Shared>,
@@ -388,7 +391,19 @@ impl<B: ServerBackend> Driver<B> {
         let stopped = self.run_inner().await;
         match &stopped {
             Stopped::Shutdown => tracing::info!("driver stopped"),
-            Stopped::Removed => tracing::warn!("{stopped}"),
+            Stopped::Removed => {
+                tracing::warn!("{stopped}");
+                // etcd's `stopWithDelay`: what this member already handed the transport goes
+                // out before the process ends. A leader removing itself has just sent the
+                // others the commit of its removal; lost with the process, the remaining
+                // voters would wait for its vote forever (swarm seed 1796306607037).
+                let grace = Duration::from_millis(self.shared.config.tick_ms * REMOVAL_GRACE_TICKS);
+                tokio::select! {
+                    biased;
+                    _ = self.shutdown.changed() => {}
+                    _ = tokio::time::sleep(grace) => {}
+                }
+            }
             _ => tracing::error!(error = %stopped, "node stopped on a fatal error"),
         }
         for (_, reply) in self.pending.drain() {

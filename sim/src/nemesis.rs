@@ -29,7 +29,7 @@ use strata_server::storage::fault::Crash;
 use tonic::transport::Endpoint;
 
 use crate::cluster::{client_url, peer_url, Life, Members};
-use crate::history::{Call, NodeIx, Op, Outcome, Reply};
+use crate::history::{Call, NodeIx, Op, Outcome, RaftEvent, Reply};
 use crate::recorder::Recorder;
 use crate::scenario::{CrashDisk, Fault, Target};
 
@@ -409,10 +409,18 @@ impl Nemesis {
             Ok(()) => true,
             Err(e) => {
                 // The answer may be lost although the removal committed (the leader removing
-                // itself stops at once): ask the others, as an operator would.
+                // itself stops soon after): look at how the member exited and ask the others,
+                // as an operator would.
                 self.rec
                     .log(format!("remove s{ix}: {e}; checking the member list"));
                 tokio::time::sleep(Duration::from_secs(2)).await;
+                let said_removed = self.rec.with_history(|h| {
+                    h.raft.iter().any(|r| {
+                        r.node == ix
+                            && matches!(&r.event, RaftEvent::Stopped { why }
+                                if why.contains("permanently removed"))
+                    })
+                });
                 let other = self
                     .members
                     .present()
@@ -427,7 +435,7 @@ impl Nemesis {
                             .map(|r| r.into_inner().members.iter().any(|m| m.id == id))
                     })
                     .await;
-                matches!(listed, Ok(false))
+                said_removed || matches!(listed, Ok(false))
             }
         };
         if removed {

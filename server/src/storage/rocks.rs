@@ -45,9 +45,11 @@ pub fn db_path(data_dir: &Path) -> PathBuf {
 const EXPORT_QUEUE: usize = 256;
 
 impl Store<RocksDevice> {
-    /// Whether `data_dir` already holds a member's database.
+    /// Whether `data_dir` already holds a member's database, whole or damaged: anything in
+    /// `member/db` counts, so a database that lost files is refused at open, never taken
+    /// for a fresh member's and bootstrapped over.
     pub fn exists(data_dir: &Path) -> bool {
-        db_path(data_dir).join("CURRENT").exists()
+        std::fs::read_dir(db_path(data_dir)).is_ok_and(|mut entries| entries.next().is_some())
     }
 
     /// Opens (creating if `create`) the database under `data_dir`.
@@ -65,8 +67,10 @@ impl RocksDevice {
         };
         if create {
             std::fs::create_dir_all(&path).map_err(|e| io(format!("create: {e}")))?;
-        } else if !RocksStore::exists(data_dir) {
-            return Err(io("no database here (missing CURRENT file)".into()));
+        } else if !path.join("CURRENT").exists() {
+            return Err(io(
+                "no database here, or a damaged one (missing CURRENT file)".into(),
+            ));
         }
         let mut opts = Options::default();
         opts.create_if_missing(create);

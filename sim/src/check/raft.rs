@@ -13,6 +13,10 @@
 //! - **Votes are durable** (figure 2: `votedFor` on stable storage before responding): once a
 //!   member granted its vote to C in term T, it restarts at a term above T, or at T still
 //!   having voted for C. Otherwise it could vote twice in T, and two leaders could win T.
+//! - **Node invariants**: the simulator's build checks the engine's invariants after every
+//!   step (`strata_engine::node::InvariantViolation`: commit covers applied, the backend's
+//!   applied index, lessor primary iff leader, ...); a member stopped by one fails the run
+//!   with the invariant's name.
 //!
 //! Bug classes: split brain in one term (votes not persisted, pre-vote or check-quorum bugs),
 //! committed entries overwritten or lost (a log truncated below the commit index), snapshots
@@ -34,7 +38,25 @@ pub fn check(h: &History) -> Vec<Violation> {
     state_machine_safety(&records, &mut f);
     monotonic(&records, &mut f);
     votes_durable(&records, &mut f);
+    node_invariants(&records, &mut f);
     f.finish()
+}
+
+fn node_invariants(records: &[&RaftRecord], f: &mut Findings) {
+    for r in records {
+        if let RaftEvent::Stopped { why } = &r.event {
+            if let Some(at_name) = why.find("invariant ") {
+                if why[at_name..].contains(" violated") {
+                    f.push(format!(
+                        "n{} stopped at {} on a broken {}",
+                        r.node,
+                        at(r.at),
+                        &why[at_name..]
+                    ));
+                }
+            }
+        }
+    }
 }
 
 fn election_safety(records: &[&RaftRecord], f: &mut Findings) {
@@ -245,6 +267,22 @@ mod tests {
             "split brain: n0 (at 0.000000s) and n2 (at 0.050000s) both led term 1",
         );
         assert_caught(&run, "n0 names 0x1 leader of term 1, n2 names 0x3");
+    }
+
+    #[test]
+    fn a_broken_node_invariant_is_caught_by_name() {
+        let mut run = healthy();
+        run.raft(
+            50,
+            1,
+            RaftEvent::Stopped {
+                why: "engine: invariant backend-applied-index violated on n2: the backend holds 3, the state machine applied 4".into(),
+            },
+        );
+        assert_caught(
+            &run,
+            "stopped at 0.050000s on a broken invariant backend-applied-index",
+        );
     }
 
     #[test]
