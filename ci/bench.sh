@@ -6,13 +6,19 @@
 # against each cluster, alternating which goes first so both share the machine's noise; the
 # report holds the median of each metric, strata/etcd ratios and the members' memory after
 # the load, printed and written as markdown.
+# Shapes are etcd's benchmark's: puts at 1 client over 1 connection, 100 over 10 and 1000 over
+# 100, spread over all members and against the leader only; ranges at 100 and 1000 clients;
+# txns; watches; lease keep-alives. Each run's successes per second are kept: the report gives
+# the slowest whole second over the median second of the worst run (a stall shows there), and
+# BENCH_LONG=1 adds a 60 s put run at 100 clients whose per-second series is printed.
 #   bash ci/bench.sh [--tls] [report.md]      default: $CARGO_TARGET_DIR/bench-report.md
 # --tls: both clusters with client and peer TLS and client-certificate auth on both ports
 # (kubeadm's etcd set-up, certificates from ci/certs.sh), the load generator presenting a
 # client certificate.
-# Knobs (environment): BENCH_REPS (3), BENCH_CONNS (4), BENCH_CLIENTS (16), BENCH_PUT_TOTAL,
-# BENCH_RANGE_TOTAL, BENCH_TXN_TOTAL, BENCH_WATCH_TOTAL, BENCH_LEASE_TOTAL, BENCH_VAL_SIZE (256),
-# BENCH_MAX_SECS (15), BENCH_SNAPSHOT_COUNT, BENCH_KEEP=1 (keep data dirs and logs).
+# Knobs (environment): BENCH_REPS (3), BENCH_PUT_TOTAL, BENCH_RANGE_TOTAL, BENCH_TXN_TOTAL,
+# BENCH_WATCH_TOTAL, BENCH_LEASE_TOTAL, BENCH_VAL_SIZE (256), BENCH_MAX_SECS (15),
+# BENCH_SNAPSHOT_COUNT, BENCH_ONLY (a regex over workload names), BENCH_LONG=1,
+# BENCH_KEEP=1 (keep data dirs and logs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/strata/target}"
@@ -21,8 +27,6 @@ if [ "${1:-}" = --tls ]; then tls=true; shift; fi
 report_md="${1:-$CARGO_TARGET_DIR/bench-report.md}"
 
 reps="${BENCH_REPS:-3}"
-conns="${BENCH_CONNS:-4}"
-clients="${BENCH_CLIENTS:-16}"
 key_size=8
 val_size="${BENCH_VAL_SIZE:-256}"
 quota=$((2 * 1024 * 1024 * 1024)) # etcd's default, given explicitly to both
@@ -32,15 +36,23 @@ quota=$((2 * 1024 * 1024 * 1024)) # etcd's default, given explicitly to both
 # run's ~120 K writes also had to stay below the ~160 K raft entries after which Strata's
 # members stalled on RocksDB range tombstones; README, Performance.)
 max_secs="${BENCH_MAX_SECS:-15}"
+put_total="${BENCH_PUT_TOTAL:-40000}"
+# name|total|clients|conns|target (all members or the leader only)|args
 workloads=(
-  "put-seq|${BENCH_PUT_TOTAL:-12000}|put --sequential-keys --key-space-size 100000"
-  "put-random|${BENCH_PUT_TOTAL:-12000}|put --key-space-size 100000"
-  "range-linearizable|${BENCH_RANGE_TOTAL:-30000}|range --consistency l --key-space-size 1000"
-  "range-serializable|${BENCH_RANGE_TOTAL:-40000}|range --consistency s --key-space-size 1000"
-  "txn-put|${BENCH_TXN_TOTAL:-10000}|txn-put"
-  "watch-latency|${BENCH_WATCH_TOTAL:-10000}|watch-latency"
-  "lease-keepalive|${BENCH_LEASE_TOTAL:-100000}|lease-keepalive"
+  "put-c1|$((put_total / 20))|1|1|all|put --key-space-size 100000"
+  "put-c100|$put_total|100|10|all|put --key-space-size 100000"
+  "put-c100-leader|$put_total|100|10|leader|put --key-space-size 100000"
+  "put-c1000|$((put_total * 3 / 2))|1000|100|all|put --key-space-size 100000"
+  "put-c1000-leader|$((put_total * 3 / 2))|1000|100|leader|put --key-space-size 100000"
+  "range-linearizable-c100|${BENCH_RANGE_TOTAL:-30000}|100|10|all|range --consistency l --key-space-size 1000"
+  "range-serializable-c1000|${BENCH_RANGE_TOTAL:-40000}|1000|100|all|range --consistency s --key-space-size 1000"
+  "txn-put-c100|${BENCH_TXN_TOTAL:-20000}|100|10|all|txn-put"
+  "watch-latency|${BENCH_WATCH_TOTAL:-10000}|16|4|all|watch-latency"
+  "lease-keepalive|${BENCH_LEASE_TOTAL:-100000}|16|4|all|lease-keepalive"
 )
+if [ "${BENCH_LONG:-0}" = 1 ]; then
+  workloads+=("put-c100-60s|100000000|100|10|all|put --key-space-size 100000")
+fi
 
 command -v etcd >/dev/null 2>&1 || bash ci/setup.sh
 command -v etcd >/dev/null 2>&1 || { echo "ci/bench.sh: no etcd binary (apt: etcd-server)" >&2; exit 1; }
@@ -164,14 +176,36 @@ cpu_ticks() { # SYSTEM: user+system CPU ticks of its three members so far (/proc
   done
   echo "$total"
 }
-run_one() { # SYSTEM REP NAME TOTAL ARGS...
-  local system=$1 rep=$2 name=$3 total=$4 port before after line ok
-  shift 4
+# The client URL of the member that leads (etcd_server_is_leader 1 on its /metrics).
+leader_endpoint() { # FIRST_PORT
+  local i c metrics p=""
+  $tls && p="https://"
+  for _ in $(seq 1 50); do
+    for i in 0 1 2; do
+      c=$(($1 + 2 * i))
+      # Read whole, then matched: `grep -q` closing the pipe early fails curl under pipefail.
+      metrics=$(curl -fs "${curl_tls[@]}" "$scheme://127.0.0.1:$c/metrics" 2>/dev/null) || continue
+      if grep -q '^etcd_server_is_leader 1' <<<"$metrics"; then
+        echo "${p}127.0.0.1:$c"
+        return 0
+      fi
+    done
+    sleep 0.2
+  done
+  echo "ci/bench.sh: no leader found" >&2
+  exit 1
+}
+run_one() { # SYSTEM REP NAME TOTAL CLIENTS CONNS TARGET ARGS...
+  local system=$1 rep=$2 name=$3 total=$4 clients=$5 conns=$6 target=$7 port before after line ok
+  local endpoints secs=$max_secs
+  shift 7
   [ "$system" = etcd ] && port=$etcd_port || port=$strata_port
+  if [ "$target" = leader ]; then endpoints=$(leader_endpoint "$port"); else endpoints=$(endpoints_of "$port"); fi
+  [ "$name" = put-c100-60s ] && secs=60
   before=$(cpu_ticks "$system")
-  if "$bench" --endpoints "$(endpoints_of "$port")" --conns "$conns" --clients "$clients" \
-    --total "$total" --max-secs "$max_secs" --key-size "$key_size" --val-size "$val_size" \
-    --json --label "$system" --rep "$rep" "${bench_tls[@]}" "$@" >>"$results" 2>>"$work/bench.stderr"; then
+  if "$bench" --endpoints "$endpoints" --conns "$conns" --clients "$clients" \
+    --total "$total" --max-secs "$secs" --key-size "$key_size" --val-size "$val_size" \
+    --json --label "$system" --name "$name" --rep "$rep" "${bench_tls[@]}" "$@" >>"$results" 2>>"$work/bench.stderr"; then
     after=$(cpu_ticks "$system")
     line=$(tail -n 1 "$results")
     ok=$(sed -n 's/.*"ok":\([0-9]*\).*/\1/p' <<<"$line")
@@ -180,7 +214,10 @@ run_one() { # SYSTEM REP NAME TOTAL ARGS...
       awk -v l="$line" -v t=$((after - before)) -v hz="$clk_tck" -v n="$ok" \
         'BEGIN { sub(/}$/, "", l); printf "%s,\"server_cpu_us_per_op\":%.1f}\n", l, t * 1e6 / hz / n }' >>"$results"
     fi
-    tail -n 1 "$results" | sed 's/^/  /'
+    tail -n 1 "$results" | sed 's/"per_second":\[[0-9,]*\],//; s/^/  /'
+    if [ "$name" = put-c100-60s ]; then
+      echo "  $system per second: $(sed -n 's/.*"per_second":\[\([0-9,]*\)\].*/\1/p' <<<"$line" | tr ',' ' ')"
+    fi
   else
     failed+=("$system $name rep $rep")
     echo "  $system $name rep $rep FAILED: $(tail -n 1 "$work/bench.stderr")" >&2
@@ -190,13 +227,14 @@ run_one() { # SYSTEM REP NAME TOTAL ARGS...
 
 for rep in $(seq 1 "$reps"); do
   for entry in "${workloads[@]}"; do
-    IFS='|' read -r name total args <<<"$entry"
+    IFS='|' read -r name total clients conns target args <<<"$entry"
+    [[ -n "${BENCH_ONLY:-}" && ! "$name" =~ $BENCH_ONLY ]] && continue
     # Odd repetitions measure etcd first, even ones Strata first.
     if [ $((rep % 2)) = 1 ]; then order=(etcd strata); else order=(strata etcd); fi
     for system in "${order[@]}"; do
       echo "rep $rep/$reps: $name on $system"
       # shellcheck disable=SC2086 # ARGS are words on purpose
-      run_one "$system" "$rep" "$name" "$total" $args
+      run_one "$system" "$rep" "$name" "$total" "$clients" "$conns" "$target" $args
     done
   done
 done
@@ -211,7 +249,8 @@ mkdir -p "$(dirname "$report_md")"
   echo "Side-by-side on $(date -u +%Y-%m-%d), $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')),"
   echo "etcd $(/usr/bin/etcd --version | head -1 | awk '{print $3}') vs strata $(git rev-parse --short HEAD);"
   $tls && echo "client and peer TLS with client-certificate auth on both ports (ci/certs.sh, ECDSA P-256),"
-  echo "3 members each on loopback, $clients clients over $conns connections, key $key_size B,"
+  echo "3 members each on loopback, clients and connections per workload (c100: 100 clients over"
+  echo "10 connections, c1000: 1000 over 100; -leader: every client on the leader), key $key_size B,"
   echo "value $val_size B; medians of $reps runs each, a run capped at $max_secs s;"
   echo "\`bash ci/bench.sh\` took ${elapsed} s."
   echo

@@ -70,6 +70,10 @@ struct RunFlags {
     /// The repetition number, recorded in the JSON line.
     #[arg(long, global = true)]
     rep: Option<u32>,
+    /// The workload's name in the JSON line (default: the subcommand's, e.g. `put-random`);
+    /// `ci/bench.sh` names its shapes (`put-c1000-leader`).
+    #[arg(long, global = true)]
+    name: Option<String>,
     /// CA that signed the members' certificates (TLS; etcd benchmark's flag).
     #[arg(long, global = true)]
     cacert: Option<std::path::PathBuf>,
@@ -217,7 +221,7 @@ fn measure(flags: &RunFlags, command: Command) -> Result<(), String> {
     if flags.json {
         let record = Record {
             system: flags.label.clone(),
-            workload: workload.name().into(),
+            workload: flags.name.clone().unwrap_or_else(|| workload.name().into()),
             rep: flags.rep,
             clients: config.clients,
             conns: config.conns,
@@ -245,6 +249,8 @@ fn print_table(config: &Config, workload: &Workload, measurement: &Measurement) 
         p90_ms,
         p99_ms,
         max_ms,
+        ref per_second,
+        slowest_second_ratio,
     } = measurement.summary;
     println!(
         "{}: {} ops, {} clients over {} conns to {}, key {} B, value {} B",
@@ -264,6 +270,13 @@ fn print_table(config: &Config, workload: &Workload, measurement: &Measurement) 
         "{ok:>8} {errors:>7} {elapsed_secs:>8.2} {ops_per_sec:>10.1} {p50_ms:>9.3} {p90_ms:>9.3} \
          {p99_ms:>9.3} {max_ms:>9.3}"
     );
+    if !per_second.is_empty() {
+        let series: Vec<String> = per_second.iter().map(u64::to_string).collect();
+        println!("per second: {}", series.join(" "));
+    }
+    if let Some(ratio) = slowest_second_ratio {
+        println!("slowest whole second / median second: {ratio:.2}");
+    }
 }
 
 fn report(

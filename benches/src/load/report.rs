@@ -96,6 +96,12 @@ pub fn median(runs: &[&Summary]) -> Option<Summary> {
         p90_ms: of(|s| s.p90_ms),
         p99_ms: of(|s| s.p99_ms),
         max_ms: of(|s| s.max_ms),
+        // The series is one run's; across runs the worst run's slowest second is what counts.
+        per_second: Vec::new(),
+        slowest_second_ratio: runs
+            .iter()
+            .filter_map(|s| s.slowest_second_ratio)
+            .min_by(f64::total_cmp),
     })
 }
 
@@ -164,21 +170,27 @@ pub fn markdown(records: &[Record], rss: &[RssSample], baseline: &str, candidate
         );
     }
 
-    out.push_str("\nMedians per run: operations that succeeded, latency in ms:\n\n");
     out.push_str(
-        "| workload | system | ops | p50 | p90 | p99 | max |\n|---|---|--:|--:|--:|--:|--:|\n",
+        "\nMedians per run: operations that succeeded, latency in ms; the slowest whole second \
+         of the worst run over its median second (below 0.5: a collapse):\n\n",
+    );
+    out.push_str(
+        "| workload | system | ops | p50 | p90 | p99 | max | slowest s / median s |\n\
+         |---|---|--:|--:|--:|--:|--:|--:|\n",
     );
     for &workload in &workloads {
         for system in [baseline, candidate] {
             if let Some(s) = median(&runs(workload, system)) {
                 let _ = writeln!(
                     out,
-                    "| {workload} | {system} | {} | {} | {} | {} | {} |",
+                    "| {workload} | {system} | {} | {} | {} | {} | {} | {} |",
                     s.ok,
                     ms(s.p50_ms),
                     ms(s.p90_ms),
                     ms(s.p99_ms),
-                    ms(s.max_ms)
+                    ms(s.max_ms),
+                    s.slowest_second_ratio
+                        .map_or("–".into(), |r| format!("{r:.2}"))
                 );
             }
         }
@@ -253,6 +265,8 @@ mod tests {
                 p90_ms: p99_ms / 2.0,
                 p99_ms,
                 max_ms: p99_ms * 2.0,
+                per_second: Vec::new(),
+                slowest_second_ratio: Some(0.9),
             },
             server_cpu_us_per_op: Some(1e6 / ops_per_sec),
         }

@@ -5,8 +5,12 @@
 //! thousands of operations, so exact percentiles cost a few hundred kilobytes and no
 //! dependency. Throughput counts successful operations only; a failed one is counted in
 //! `errors` and leaves no latency.
+//!
+//! A recorder started at the phase's start also counts successes per second of the phase, so a
+//! run shows its stalls (a snapshot, a compaction, a log truncation) as slow seconds rather
+//! than only as a worse average.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -19,12 +23,31 @@ pub struct Recorder {
     latencies_ns: Vec<u64>,
     errors: u64,
     error_samples: Vec<String>,
+    /// The phase's start, when successes are counted per second.
+    start: Option<Instant>,
+    /// Successes completed in each second since `start`.
+    per_second: Vec<u64>,
 }
 
 impl Recorder {
+    /// A recorder that also counts successes per second since `start`.
+    pub fn since(start: Instant) -> Recorder {
+        Recorder {
+            start: Some(start),
+            ..Recorder::default()
+        }
+    }
+
     pub fn ok(&mut self, latency: Duration) {
         self.latencies_ns
             .push(u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX));
+        if let Some(start) = self.start {
+            let second = start.elapsed().as_secs() as usize;
+            if self.per_second.len() <= second {
+                self.per_second.resize(second + 1, 0);
+            }
+            self.per_second[second] += 1;
+        }
     }
 
     pub fn error(&mut self, error: String) {
@@ -38,6 +61,12 @@ impl Recorder {
     pub fn merge(&mut self, other: Recorder) {
         self.latencies_ns.extend(other.latencies_ns);
         self.errors += other.errors;
+        if self.per_second.len() < other.per_second.len() {
+            self.per_second.resize(other.per_second.len(), 0);
+        }
+        for (mine, theirs) in self.per_second.iter_mut().zip(other.per_second) {
+            *mine += theirs;
+        }
         for sample in other.error_samples {
             if self.error_samples.len() < ERROR_SAMPLES_MAX && !self.error_samples.contains(&sample)
             {
@@ -70,8 +99,23 @@ impl Recorder {
             p90_ms: ms(percentile(sorted, 90.0)),
             p99_ms: ms(percentile(sorted, 99.0)),
             max_ms: ms(sorted.last().copied().unwrap_or(0)),
+            slowest_second_ratio: slowest_second_ratio(&self.per_second, elapsed),
+            per_second: self.per_second,
         }
     }
+}
+
+/// The slowest whole second of a phase over its median second (1.0: even; below 0.5: a
+/// collapse), counting only seconds the phase lasted entirely; `None` below three of them.
+pub fn slowest_second_ratio(per_second: &[u64], elapsed: Duration) -> Option<f64> {
+    let whole = (elapsed.as_secs() as usize).min(per_second.len());
+    if whole < 3 {
+        return None;
+    }
+    let mut seconds = per_second[..whole].to_vec();
+    seconds.sort_unstable();
+    let median = seconds[whole / 2];
+    (median > 0).then(|| seconds[0] as f64 / median as f64)
 }
 
 /// Nearest-rank percentile of ascending `sorted` values (0 when there are none): the smallest
@@ -99,6 +143,12 @@ pub struct Summary {
     pub p90_ms: f64,
     pub p99_ms: f64,
     pub max_ms: f64,
+    /// Successes completed in each second of the phase (the last one partial).
+    #[serde(default)]
+    pub per_second: Vec<u64>,
+    /// [`slowest_second_ratio`] of `per_second`.
+    #[serde(default)]
+    pub slowest_second_ratio: Option<f64>,
 }
 
 #[cfg(test)]
@@ -133,5 +183,22 @@ mod tests {
         assert_eq!((s.ok, s.errors), (4, 2));
         assert_eq!(s.ops_per_sec, 2.0);
         assert_eq!((s.p50_ms, s.p99_ms, s.max_ms), (2.0, 4.0, 4.0));
+        assert!(s.per_second.is_empty(), "no start, no series");
+    }
+
+    #[test]
+    fn seconds_are_counted_and_a_collapse_shows() {
+        let start = Instant::now() - Duration::from_millis(1500);
+        let mut a = Recorder::since(start);
+        a.ok(Duration::from_millis(1));
+        a.per_second = vec![100, 90, 30, 95, 12];
+        let mut b = Recorder::since(start);
+        b.per_second = vec![0, 10, 10, 5];
+        a.merge(b);
+        assert_eq!(a.per_second, vec![100, 100, 40, 100, 12]);
+        let s = a.summary(Duration::from_millis(4500));
+        // Whole seconds 100, 100, 40, 100: the slowest is 0.4 of the median.
+        assert_eq!(s.slowest_second_ratio, Some(0.4));
+        assert_eq!(slowest_second_ratio(&[5, 5], Duration::from_secs(2)), None);
     }
 }

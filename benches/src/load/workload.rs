@@ -235,7 +235,7 @@ async fn measure<C: ClientOp>(
         .map(|mut client| {
             let tickets = Arc::clone(&tickets);
             tokio::spawn(async move {
-                let mut recorder = Recorder::default();
+                let mut recorder = Recorder::since(start);
                 loop {
                     let ticket = tickets.fetch_add(1, Ordering::Relaxed);
                     if ticket >= total || deadline.is_some_and(|d| Instant::now() >= d) {
