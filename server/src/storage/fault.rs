@@ -206,8 +206,7 @@ impl FaultDevice {
         st.fail_next_fsync = false;
     }
 
-    /// What a crash that keeps nothing unsynced would leave, and what reads see now: the
-    /// model-based test compares them with RocksDB's.
+    /// The records of `space` as reads see them now, in key order (the export's copy).
     pub fn contents(&self, space: Space) -> Vec<(Vec<u8>, Vec<u8>)> {
         self.state()
             .current
