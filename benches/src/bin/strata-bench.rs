@@ -115,6 +115,18 @@ enum Command {
         #[arg(long, default_value_t = 60)]
         ttl: i64,
     },
+    /// The floor under a single client's put on this machine: fdatasync of an appended record
+    /// in `--dir` (put it on the members' disk) and a loopback TCP round trip.
+    Floor {
+        /// A directory on the disk the members' data dirs are on.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 2000)]
+        samples: usize,
+        /// Bytes per appended record (a raft entry of a 256-byte put is ~300).
+        #[arg(long, default_value_t = 512)]
+        record_bytes: usize,
+    },
     /// The side-by-side markdown table of many runs' JSON lines (medians per metric).
     Report {
         /// JSON lines from `--json` runs.
@@ -147,6 +159,11 @@ fn main() -> ExitCode {
             baseline,
             candidate,
         } => report(&results, rss.as_ref(), &baseline, &candidate),
+        Command::Floor {
+            dir,
+            samples,
+            record_bytes,
+        } => floor(&dir, samples, record_bytes),
         command => measure(&cli.run, command),
     };
     match result {
@@ -177,7 +194,9 @@ fn measure(flags: &RunFlags, command: Command) -> Result<(), String> {
         Command::TxnPut => Workload::TxnPut,
         Command::WatchLatency => Workload::WatchLatency,
         Command::LeaseKeepalive { ttl } => Workload::LeaseKeepalive { ttl_secs: ttl },
-        Command::Report { .. } => unreachable!("report measures nothing"),
+        Command::Report { .. } | Command::Floor { .. } => {
+            unreachable!("report and floor run no workload")
+        }
     };
     if let Workload::Put { key_space, .. } | Workload::Range { key_space, .. } = workload {
         if key_space == 0 || !keys::fits(key_space, flags.key_size) {
@@ -277,6 +296,31 @@ fn print_table(config: &Config, workload: &Workload, measurement: &Measurement) 
     if let Some(ratio) = slowest_second_ratio {
         println!("slowest whole second / median second: {ratio:.2}");
     }
+}
+
+fn floor(dir: &std::path::Path, samples: usize, record_bytes: usize) -> Result<(), String> {
+    if samples == 0 {
+        return Err("--samples must be positive".into());
+    }
+    let f = strata_bench::load::floor::measure(dir, samples, record_bytes)
+        .map_err(|e| format!("{}: {e}", dir.display()))?;
+    println!(
+        "fdatasync of a {record_bytes}-byte append in {}: p50 {:.0} µs, p99 {:.0} µs",
+        dir.display(),
+        f.fdatasync_p50_us,
+        f.fdatasync_p99_us
+    );
+    println!(
+        "loopback TCP round trip (64 bytes): p50 {:.0} µs, p99 {:.0} µs",
+        f.rtt_p50_us, f.rtt_p99_us
+    );
+    println!(
+        "floor of a 1-client put on 3 members: {:.0} µs sequential (2 fdatasyncs + 2 round trips), \
+         {:.0} µs overlapped (1 fdatasync + 2 round trips)",
+        f.sequential_us(),
+        f.overlapped_us()
+    );
+    Ok(())
 }
 
 fn report(
