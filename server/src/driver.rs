@@ -393,15 +393,20 @@ impl<B: ServerBackend> Driver<B> {
             Stopped::Shutdown => tracing::info!("driver stopped"),
             Stopped::Removed => {
                 tracing::warn!("{stopped}");
-                // etcd's `stopWithDelay`: what this member already handed the transport goes
-                // out before the process ends. A leader removing itself has just sent the
+                // etcd's `stopWithDelay`, for a leader: what it already handed the transport
+                // goes out before the process ends. A leader removing itself has just sent the
                 // others the commit of its removal; lost with the process, the remaining
-                // voters would wait for its vote forever (swarm seed 1796306607037).
-                let grace = Duration::from_millis(self.shared.config.tick_ms * REMOVAL_GRACE_TICKS);
-                tokio::select! {
-                    biased;
-                    _ = self.shutdown.changed() => {}
-                    _ = tokio::time::sleep(grace) => {}
+                // voters would wait for its vote forever (swarm seed 1796306607037). A removed
+                // follower has nothing the others need and stops at once: lingering, its
+                // client port would answer "server stopped" where a client should fail over.
+                if self.shared.leader() == Some(self.shared.id) {
+                    let grace =
+                        Duration::from_millis(self.shared.config.tick_ms * REMOVAL_GRACE_TICKS);
+                    tokio::select! {
+                        biased;
+                        _ = self.shutdown.changed() => {}
+                        _ = tokio::time::sleep(grace) => {}
+                    }
                 }
             }
             _ => tracing::error!(error = %stopped, "node stopped on a fatal error"),
