@@ -28,6 +28,14 @@ fn main() {
             format!("::strata_engine::proto::{package}"),
         );
     }
+    // Production serves unary Range from wire bytes built chunk by chunk (`api::range`); the
+    // simulator's transport passes messages as values, so there it stays a `RangeResponse`.
+    if std::env::var_os("CARGO_CFG_MADSIM").is_none() {
+        builder = builder.extern_path(
+            ".etcdserverpb.RangeResponse",
+            "crate::api::range::EncodedRangeResponse",
+        );
+    }
     builder
         .compile_protos(&paths, &[root])
         .expect("compile .proto files (is protoc installed? run ci/setup.sh)");

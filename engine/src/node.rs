@@ -58,7 +58,7 @@ use crate::error::{Error, EtcdError};
 use crate::lease::RenewRefused;
 use crate::limits::{self, Limits};
 use crate::membership::{self, to_member};
-use crate::mvcc::{self, MvccStore};
+use crate::mvcc::{self, Counting, MvccStore};
 use crate::prng::Prng;
 use crate::proto::etcdserverpb::{self as pb, alarm_request::AlarmAction, AlarmType};
 use crate::proto::mvccpb::Event;
@@ -1288,7 +1288,7 @@ impl<B: KvBackend> Node<B> {
         let limits = self.config.limits.clone();
         let ai = sender.as_ref();
         let checked_when_served = match &request {
-            Request::Range(_) => true,
+            Request::Range(_) | Request::RangeChunk(_) => true,
             Request::Txn(t) => txn_is_read_only(t),
             _ => false,
         };
@@ -1301,6 +1301,10 @@ impl<B: KvBackend> Node<B> {
                 mvcc::validate_range(&r)?;
                 let serializable = r.serializable;
                 self.read(id, Request::Range(r), serializable, sender)
+            }
+            Request::RangeChunk(r) => {
+                mvcc::validate_range(&r)?;
+                self.read(id, Request::RangeChunk(r), true, sender)
             }
             Request::Put(p) => {
                 mvcc::validate_put(&p)?;
@@ -1749,7 +1753,16 @@ impl<B: KvBackend> Node<B> {
     fn serve_read(&self, request: &Request) -> Result<Response, Error> {
         let backend = self.sm.backend();
         match request {
-            Request::Range(r) => Ok(Response::Range(self.sm.mvcc.range(backend, r)?)),
+            Request::Range(r) => Ok(Response::Range(self.sm.mvcc.range(
+                backend,
+                r,
+                Counting::Total,
+            )?)),
+            Request::RangeChunk(r) => Ok(Response::Range(self.sm.mvcc.range(
+                backend,
+                r,
+                Counting::Skip,
+            )?)),
             Request::Txn(t) => {
                 // Read-only: the store applies no write, so a shared borrow suffices.
                 Ok(Response::Txn(self.sm.mvcc.read_txn(backend, t)?))
@@ -2195,7 +2208,7 @@ fn request_size(request: &Request) -> usize {
     match request {
         Request::Put(r) => r.encoded_len(),
         Request::Txn(r) => r.encoded_len(),
-        Request::Range(r) => r.encoded_len(),
+        Request::Range(r) | Request::RangeChunk(r) => r.encoded_len(),
         Request::DeleteRange(r) => r.encoded_len(),
         _ => 0,
     }

@@ -26,6 +26,11 @@ pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Request {
     Range(RangeRequest),
+    /// One chunk of a range the server splits (RangeStream, large unary ranges): served as a
+    /// serializable Range at its revision, except that `count` is not computed and is 0, so a
+    /// chunk costs O(limit) however many keys follow it (etcd 3.7's `CountTotal: false`). The
+    /// first chunk is an ordinary [`Request::Range`], which pins the revision and counts.
+    RangeChunk(RangeRequest),
     Put(PutRequest),
     DeleteRange(DeleteRangeRequest),
     Txn(TxnRequest),

@@ -175,6 +175,11 @@ pub struct MemberFlags {
     /// Largest request a client may send, in bytes.
     #[arg(long, env = "ETCD_MAX_REQUEST_BYTES", default_value_t = 1_572_864)]
     pub max_request_bytes: u32,
+    /// Bytes of range responses being built and sent at once; a large read that would go over
+    /// waits its turn (one larger than the whole budget is served alone). 0: 1/64 of physical
+    /// memory, between 64 MiB and 1 GiB.
+    #[arg(long, env = "ETCD_MAX_READ_BYTES_IN_FLIGHT", default_value_t = 0)]
+    pub max_read_bytes_in_flight: u64,
     /// Most operations in one txn.
     #[arg(long, env = "ETCD_MAX_TXN_OPS", default_value_t = 128)]
     pub max_txn_ops: u32,
@@ -374,6 +379,9 @@ pub struct MemberConfig {
     pub snapshot_catch_up_entries: u64,
     pub quota_backend_bytes: i64,
     pub max_request_bytes: u32,
+    /// `--max-read-bytes-in-flight`; 0 for the default, which depends on the machine
+    /// (`read_budget::default_limit`).
+    pub max_read_bytes_in_flight: u64,
     pub max_txn_ops: u32,
     pub auto_compaction: AutoCompaction,
     pub auth_token_ttl: Duration,
@@ -1102,6 +1110,7 @@ impl MemberFlags {
             force_new_cluster: self.force_new_cluster,
             quota_backend_bytes: self.quota_backend_bytes,
             max_request_bytes: self.max_request_bytes,
+            max_read_bytes_in_flight: self.max_read_bytes_in_flight,
             max_txn_ops: self.max_txn_ops,
             auto_compaction,
             auth_token_ttl: Duration::from_secs(self.auth_token_ttl),

@@ -26,6 +26,7 @@ pub mod logging;
 pub mod metrics;
 #[cfg(not(madsim))]
 pub mod notify;
+pub mod read_budget;
 #[cfg(not(madsim))]
 pub mod server;
 pub mod snapshot;

@@ -117,7 +117,12 @@ pub async fn start(
     };
     let id = handle.shared.id;
 
-    let mut ctx = Ctx::new(handle.clone());
+    let read_budget = match cfg.max_read_bytes_in_flight {
+        0 => crate::read_budget::default_limit(),
+        bytes => bytes,
+    };
+    let reads = crate::api::Reads::new(read_budget, cfg.max_request_bytes as usize);
+    let mut ctx = Ctx::new(handle.clone(), reads);
     ctx.bcrypt_cost = cfg.bcrypt_cost;
     ctx.tokens = tokens;
     if let Some(client_tls) = tls.client.clone() {

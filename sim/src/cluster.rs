@@ -38,6 +38,10 @@ pub const PEER_PORT: u16 = 2380;
 /// `--initial-cluster-token` of every simulated cluster.
 const CLUSTER_TOKEN: &str = "strata-sim";
 
+/// The read budget of a simulated member started without `--max-read-bytes-in-flight`: a few
+/// KiB, so concurrent full-range reads of the simulator's small stores do wait for each other.
+const SIM_READ_BUDGET_BYTES: u64 = 4096;
+
 pub fn member_ip(ix: NodeIx) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(10, 0, 0, ix as u8 + 1))
 }
@@ -352,7 +356,14 @@ async fn member_main(spec: Arc<Spec>) {
         .expect("handles lock")
         .insert(ix, handle.clone());
 
-    let mut ctx = Ctx::new(handle.clone());
+    // The default budget depends on the machine; the simulator's must not. A member started
+    // without the flag gets a small fixed one, so large reads queue in every run alike.
+    let read_budget = match cfg.max_read_bytes_in_flight {
+        0 => SIM_READ_BUDGET_BYTES,
+        bytes => bytes,
+    };
+    let reads = strata_server::api::Reads::new(read_budget, cfg.max_request_bytes as usize);
+    let mut ctx = Ctx::new(handle.clone(), reads);
     ctx.bcrypt_cost = cfg.bcrypt_cost;
     let client_addr = SocketAddr::new(member_ip(ix), CLIENT_PORT);
     let client_rec = rec.clone();

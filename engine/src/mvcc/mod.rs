@@ -59,6 +59,7 @@ use crate::proto::mvccpb::{Event, KeyValue};
 use crate::types::{LeaseId, Revision};
 
 use key_index::Index;
+pub use range::Counting;
 use range::{KeySpan, ReadView};
 use revision::{main_bound, Rev};
 use staged::Staged;
@@ -181,13 +182,14 @@ impl MvccStore {
         &self.compaction_hashes
     }
 
-    /// etcd's Range. The header is left `None`.
+    /// etcd's Range, counting the whole span or not ([`Counting`]). The header is left `None`.
     pub fn range(
         &self,
         backend: &dyn KvBackend,
         req: &RangeRequest,
+        counting: Counting,
     ) -> Result<RangeResponse, Error> {
-        let mut resp = ReadView::committed(self, backend).range(req)?;
+        let mut resp = ReadView::committed(self, backend).range_counting(req, counting)?;
         resp.header = None;
         Ok(resp)
     }

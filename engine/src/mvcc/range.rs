@@ -21,7 +21,15 @@
 //!    elements is unspecified there; here ties keep key order, so every replica and every rerun
 //!    answers alike.
 //! 6. At most `limit` entries are returned; `more` says whether entries were cut.
-//! 7. `keys_only` clears values (the lease and revisions stay, as in etcd v3.6).
+//! 7. `keys_only` clears values (the lease and revisions stay, as in etcd v3.6). A committed
+//!    key whose latest modification is the one read is answered from the index and the lease
+//!    table without reading its record (etcd 3.7 serves keys-only ranges from its index too);
+//!    an older revision of a key is read from its record, which alone knows the lease it had
+//!    (and so is every key when sorting by value).
+//!
+//! [`Counting::Skip`] is etcd 3.7's `CountTotal: false`, for the chunks after the first of a
+//! range the server splits (RangeStream, large unary ranges): step 3 stops at `limit + 1`
+//! keys and `count` is left 0, so a chunk costs O(limit), not O(keys in the span).
 
 use std::cmp::Ordering;
 use std::collections::{btree_map, BTreeMap};
@@ -229,8 +237,37 @@ impl<'a> ReadView<'a> {
         }
     }
 
+    /// A key-only copy of a key's record, built from the index when the index proves the
+    /// record's fields (see step 7 of the module docs); `None` when the record must be read.
+    fn key_only(&self, key: &[u8], found: Found<'_>) -> Option<KeyValue> {
+        let Found::Stored(state) = found else {
+            return None;
+        };
+        let latest = self.store.index.get(key, self.store.current_revision)?;
+        if latest.modified != state.modified {
+            return None;
+        }
+        Some(KeyValue {
+            key: key.to_vec(),
+            create_revision: state.created.main,
+            mod_revision: state.modified.main,
+            version: state.version,
+            value: Vec::new(),
+            lease: self.store.leases.get(key).map_or(0, |l| l.0),
+        })
+    }
+
     /// etcd's Range; the header carries only the revision read at (etcd's `rr.Rev`).
     pub fn range(&self, req: &RangeRequest) -> Result<RangeResponse, Error> {
+        self.range_counting(req, Counting::Total)
+    }
+
+    /// [`ReadView::range`], counting the whole span or not (see the module docs).
+    pub fn range_counting(
+        &self,
+        req: &RangeRequest,
+        counting: Counting,
+    ) -> Result<RangeResponse, Error> {
         let at = self.resolve(req.revision)?;
         let span = KeySpan::new(&req.key, &req.range_end);
         let header = Some(ResponseHeader {
@@ -240,13 +277,17 @@ impl<'a> ReadView<'a> {
         let mut count = 0i64;
         let mut found = Vec::new();
         let gather = gather_limit(req);
-        self.visit(span, at, &mut |_, f| {
+        let skip_count = counting == Counting::Skip && !req.count_only;
+        self.visit(span, at, &mut |key, f| {
             count += 1;
             if !req.count_only && gather.is_none_or(|limit| found.len() < limit) {
-                found.push(f);
+                found.push((key, f));
             }
-            true
+            !skip_count || gather.is_none_or(|limit| found.len() < limit)
         });
+        if skip_count {
+            count = 0;
+        }
         if req.count_only {
             return Ok(RangeResponse {
                 header,
@@ -255,9 +296,14 @@ impl<'a> ReadView<'a> {
                 count,
             });
         }
+        // Sorting by value needs the values, even when they are cleared afterwards.
+        let from_index = req.keys_only && req.sort_target != SortTarget::Value as i32;
         let mut kvs = found
             .into_iter()
-            .map(|f| self.materialize(f))
+            .map(|(key, f)| match from_index.then(|| self.key_only(key, f)) {
+                Some(Some(kv)) => Ok(kv),
+                _ => self.materialize(f),
+            })
             .collect::<Result<Vec<_>, _>>()?;
         kvs.retain(|kv| passes_revision_filters(req, kv));
         sort(&mut kvs, req);
@@ -275,6 +321,15 @@ impl<'a> ReadView<'a> {
             count,
         })
     }
+}
+
+/// Whether a range counts every live key of its span (etcd's `CountTotal`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counting {
+    /// `count` is every live key in the span, as etcd's unary Range answers.
+    Total,
+    /// `count` is left 0 and the visit stops once `limit + 1` keys are gathered.
+    Skip,
 }
 
 /// A txn's writes not yet merged into a range visit.

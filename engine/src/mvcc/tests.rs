@@ -152,7 +152,7 @@ impl Harness {
     }
 
     fn range(&self, req: &RangeRequest) -> Result<RangeResponse, Error> {
-        self.store.range(&self.backend, req)
+        self.store.range(&self.backend, req, super::Counting::Total)
     }
 
     fn get(&self, key: &str) -> Option<KeyValue> {

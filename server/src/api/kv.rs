@@ -1,12 +1,15 @@
-//! The KV service: Range, Put, DeleteRange, Txn, Compact. Validation, limits and semantics are
-//! the engine's; this layer only carries requests and maps errors.
+//! The KV service: Range, RangeStream, Put, DeleteRange, Txn, Compact. Validation, limits and
+//! semantics are the engine's; this layer only carries requests and maps errors (ranges are
+//! read in chunks by `range`).
 
 use strata_engine::proto::etcdserverpb::*;
 use strata_engine::request::Request;
 use tonic::{Request as Req, Response as Resp, Status};
 
 use super::pb::etcdserverpb::kv_server::Kv;
-use super::Ctx;
+#[cfg(not(madsim))]
+use super::range::EncodedRangeResponse;
+use super::{range, Ctx};
 use crate::expect_response;
 
 #[derive(Clone, Debug)]
@@ -14,9 +17,36 @@ pub struct KvService(pub Ctx);
 
 #[tonic::async_trait]
 impl Kv for KvService {
+    #[cfg(not(madsim))]
+    async fn range(&self, req: Req<RangeRequest>) -> Result<Resp<EncodedRangeResponse>, Status> {
+        let (md, _, msg) = req.into_parts();
+        let answer = range::range(&self.0, &md, msg).await?;
+        let mut resp = Resp::new(answer.response);
+        // Held until the transport has sent the response (`http::release_read_grants`).
+        resp.extensions_mut()
+            .insert(HeldGrant(std::sync::Arc::new(answer.grant)));
+        Ok(resp)
+    }
+
+    #[cfg(madsim)]
     async fn range(&self, req: Req<RangeRequest>) -> Result<Resp<RangeResponse>, Status> {
         let (md, _, msg) = req.into_parts();
-        expect_response!(self.0.call(Request::Range(msg), &md).await?, Range)
+        let answer = range::range(&self.0, &md, msg).await?;
+        let resp = answer
+            .response
+            .into_range_response()
+            .map_err(|e| Status::internal(format!("a range response does not decode: {e}")))?;
+        Ok(Resp::new(resp))
+    }
+
+    type RangeStreamStream = range::RangeStream;
+
+    async fn range_stream(
+        &self,
+        req: Req<RangeRequest>,
+    ) -> Result<Resp<Self::RangeStreamStream>, Status> {
+        let (md, _, msg) = req.into_parts();
+        Ok(Resp::new(range::range_stream(&self.0, &md, msg).await?))
     }
 
     async fn put(&self, req: Req<PutRequest>) -> Result<Resp<PutResponse>, Status> {
@@ -48,3 +78,8 @@ impl Kv for KvService {
         expect_response!(self.0.call(Request::Compact(msg), &md).await?, Compact)
     }
 }
+
+/// A unary Range's share of the read budget, riding in the response's extensions until the
+/// client listener ties it to the response body (`http::release_read_grants`).
+#[derive(Clone, Debug)]
+pub struct HeldGrant(pub std::sync::Arc<crate::read_budget::Grant>);

@@ -11,6 +11,7 @@ pub mod kv;
 pub mod lease;
 pub mod lock;
 pub mod maintenance;
+pub mod range;
 pub mod watch;
 
 use std::collections::HashMap;
@@ -137,10 +138,47 @@ pub enum Tokens {
 /// client identity (`crate::tls`); the simulator has only the plain one.
 pub type LeaderDialer = Arc<dyn Fn(&str) -> Result<Channel, String> + Send + Sync>;
 
+/// How range reads are served: the memory budget for responses in flight and the size a
+/// chunk aims at (see [`range`]).
+#[derive(Clone, Debug)]
+pub struct Reads {
+    pub budget: crate::read_budget::ReadBudget,
+    pub chunk_bytes: usize,
+}
+
+impl Reads {
+    /// `budget_bytes` for responses in flight (`--max-read-bytes-in-flight`), chunks of about
+    /// `chunk_bytes` (etcd sizes RangeStream chunks by `--max-request-bytes`).
+    pub fn new(budget_bytes: u64, chunk_bytes: usize) -> Reads {
+        Reads {
+            budget: crate::read_budget::ReadBudget::new(budget_bytes),
+            chunk_bytes: chunk_bytes.max(1),
+        }
+    }
+
+    /// The budget's use in Prometheus' text format.
+    pub fn render_metrics(&self) -> String {
+        let used = self.budget.usage();
+        format!(
+            "# HELP strata_read_bytes_in_flight_limit --max-read-bytes-in-flight: bytes of range responses being built and sent before large reads wait.\n\
+             # TYPE strata_read_bytes_in_flight_limit gauge\n\
+             strata_read_bytes_in_flight_limit {}\n\
+             # HELP strata_read_bytes_in_flight Bytes of range responses being built and sent.\n\
+             # TYPE strata_read_bytes_in_flight gauge\n\
+             strata_read_bytes_in_flight {}\n\
+             # HELP strata_reads_waiting_for_memory Large range reads waiting for room in the read budget.\n\
+             # TYPE strata_reads_waiting_for_memory gauge\n\
+             strata_reads_waiting_for_memory {}\n",
+            used.limit, used.in_use, used.waiting
+        )
+    }
+}
+
 /// What every service shares: the driver handle and channels to the current leader.
 #[derive(Clone)]
 pub struct Ctx {
     pub handle: Handle,
+    pub reads: Reads,
     /// bcrypt cost for new passwords (`--bcrypt-cost`).
     pub bcrypt_cost: u32,
     pub tokens: Tokens,
@@ -165,9 +203,10 @@ pub fn plain_channel(url: &str) -> Result<Channel, String> {
 }
 
 impl Ctx {
-    pub fn new(handle: Handle) -> Ctx {
+    pub fn new(handle: Handle, reads: Reads) -> Ctx {
         Ctx {
             handle,
+            reads,
             bcrypt_cost: bcrypt::DEFAULT_COST,
             tokens: Tokens::Simple,
             dial_leader: Arc::new(plain_channel),
@@ -282,6 +321,7 @@ fn learner_serves(request: &Request) -> bool {
     match request {
         Request::Status(_) => true,
         Request::Range(r) => r.serializable,
+        Request::RangeChunk(_) => true,
         _ => false,
     }
 }
