@@ -50,10 +50,14 @@ pub enum Bug {
     /// carries but leaves the stored entries after them, so a restart loads the replaced
     /// history's tail behind the new entries.
     AppendKeepsStaleSuffix,
+    /// Server: a range read in chunks reads every chunk after the first at the latest
+    /// revision instead of the first chunk's, so a range that straddles a write mixes two
+    /// revisions under one header (what etcd 3.7's RangeStream pins its revision against).
+    RangeChunksUnpinned,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 16] = [
+    pub const ALL: [Bug; 17] = [
         Bug::SkipFsync,
         Bug::VoteNotPersisted,
         Bug::SerializableAsLinearizable,
@@ -70,6 +74,7 @@ impl Bug {
         Bug::RenewBeforeOwnTerm,
         Bug::StaleTailAfterSnapshot,
         Bug::AppendKeepsStaleSuffix,
+        Bug::RangeChunksUnpinned,
     ];
 
     /// The kebab-case name the simulator's `--bug` takes.
@@ -91,6 +96,7 @@ impl Bug {
             Bug::RenewBeforeOwnTerm => "renew-before-own-term",
             Bug::StaleTailAfterSnapshot => "stale-tail-after-snapshot",
             Bug::AppendKeepsStaleSuffix => "append-keeps-stale-suffix",
+            Bug::RangeChunksUnpinned => "range-chunks-unpinned",
         }
     }
 

@@ -238,7 +238,10 @@ async fn serve_app(
 /// Ties a unary Range's share of the read budget (`api::kv::HeldGrant`) to its response body,
 /// so the bytes count until the transport has sent them or the connection is gone.
 async fn release_read_grants(mut response: axum::response::Response) -> axum::response::Response {
-    let Some(grant) = response.extensions_mut().remove::<crate::api::kv::HeldGrant>() else {
+    let Some(grant) = response
+        .extensions_mut()
+        .remove::<crate::api::kv::HeldGrant>()
+    else {
         return response;
     };
     response.map(|body| {

@@ -211,9 +211,9 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    fn pending<F: std::future::Future>(f: F) -> tokio::task::JoinHandle<F::Output>
+    fn pending<F>(f: F) -> tokio::task::JoinHandle<F::Output>
     where
-        F: Send + 'static,
+        F: std::future::Future + Send + 'static,
         F::Output: Send + 'static,
     {
         tokio::spawn(f)
@@ -246,7 +246,10 @@ mod tests {
         let b = budget.clone();
         let huge = pending(async move { b.acquire(500).await });
         settle().await;
-        assert!(!huge.is_finished(), "waits while anything else is in flight");
+        assert!(
+            !huge.is_finished(),
+            "waits while anything else is in flight"
+        );
         drop(small);
         let huge = huge.await.unwrap();
         assert_eq!(budget.usage().in_use, 500);
@@ -269,7 +272,10 @@ mod tests {
         let b = budget.clone();
         let small = pending(async move { b.acquire(5).await });
         settle().await;
-        assert!(!small.is_finished(), "a small read does not overtake a queued one");
+        assert!(
+            !small.is_finished(),
+            "a small read does not overtake a queued one"
+        );
         drop(held);
         big.await.unwrap();
         small.await.unwrap();

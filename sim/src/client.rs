@@ -25,8 +25,8 @@ use madsim::rand::Rng;
 use strata_engine::proto::etcdserverpb::watch_request::RequestUnion;
 use strata_engine::proto::etcdserverpb::{
     compare, request_op, response_op, Compare as PbCompare, DeleteRangeRequest, HashKvRequest,
-    LeaseGrantRequest, LeaseKeepAliveRequest, PutRequest, RangeRequest, RequestOp, TxnRequest,
-    WatchCreateRequest, WatchProgressRequest, WatchRequest,
+    LeaseGrantRequest, LeaseKeepAliveRequest, PutRequest, RangeRequest, RangeResponse, RequestOp,
+    TxnRequest, WatchCreateRequest, WatchProgressRequest, WatchRequest,
 };
 use strata_engine::proto::mvccpb::{self, KeyValue};
 use strata_engine::proto::v3electionpb::{
@@ -206,6 +206,50 @@ fn compare_pb(c: &Compare) -> PbCompare {
     }
 }
 
+/// A RangeStream read to its end, its messages merged as etcd's `RangeStreamToRangeResponse`
+/// merges them (header fields set later win, kvs append, count and more from the last).
+async fn range_stream(
+    kv: &mut KvClient<Channel>,
+    req: RangeRequest,
+) -> Result<RangeResponse, tonic::Status> {
+    let mut stream = kv.range_stream(req).await?.into_inner();
+    let mut merged = RangeResponse::default();
+    while let Some(message) = stream.message().await? {
+        let part = message.range_response.unwrap_or_default();
+        if let Some(h) = part.header {
+            let m = merged.header.get_or_insert_with(Default::default);
+            m.cluster_id = if h.cluster_id != 0 {
+                h.cluster_id
+            } else {
+                m.cluster_id
+            };
+            m.member_id = if h.member_id != 0 {
+                h.member_id
+            } else {
+                m.member_id
+            };
+            m.revision = if h.revision != 0 {
+                h.revision
+            } else {
+                m.revision
+            };
+            m.raft_term = if h.raft_term != 0 {
+                h.raft_term
+            } else {
+                m.raft_term
+            };
+        }
+        merged.kvs.extend(part.kvs);
+        merged.more |= part.more;
+        merged.count = if part.count != 0 {
+            part.count
+        } else {
+            merged.count
+        };
+    }
+    Ok(merged)
+}
+
 async fn send(conns: &mut Conns, ix: NodeIx, call: &Call) -> Result<Reply, tonic::Status> {
     match call {
         Call::Get {
@@ -233,18 +277,20 @@ async fn send(conns: &mut Conns, ix: NodeIx, call: &Call) -> Result<Reply, tonic
             end,
             revision: rev,
             serializable,
+            stream,
         } => {
-            let r = conns
-                .kv(ix)
-                .range(RangeRequest {
-                    key: start.clone(),
-                    range_end: end.clone(),
-                    revision: *rev,
-                    serializable: *serializable,
-                    ..Default::default()
-                })
-                .await?
-                .into_inner();
+            let req = RangeRequest {
+                key: start.clone(),
+                range_end: end.clone(),
+                revision: *rev,
+                serializable: *serializable,
+                ..Default::default()
+            };
+            let r = if *stream {
+                range_stream(&mut conns.kv(ix), req).await?
+            } else {
+                conns.kv(ix).range(req).await?.into_inner()
+            };
             Ok(Reply::Get {
                 revision: revision(&r.header),
                 kvs: r.kvs.into_iter().map(kv).collect(),
@@ -472,6 +518,8 @@ struct ClientState {
     /// answer), released before it asks again: a key left behind would block every other
     /// client until its lease expires, which a kept-alive lease never does.
     held: Vec<Vec<u8>>,
+    /// Ranges this client has read, to alternate unary Range and RangeStream.
+    ranges: u64,
 }
 
 impl ClientState {
@@ -745,11 +793,14 @@ impl ClientState {
             8 => self.lock_and_unlock().await,
             9 => self.campaign_and_resign().await,
             6 => {
+                // Every other range of a client streams (no random draw: runs stay as they were).
+                self.ranges += 1;
                 self.run(Call::Range {
                     start: KEYS_START.to_vec(),
                     end: KEYS_END.to_vec(),
                     revision: 0,
                     serializable: false,
+                    stream: self.ranges.is_multiple_of(2),
                 })
                 .await;
             }
@@ -781,6 +832,7 @@ pub async fn client_main(plan: ClientPlan) {
         lease_renewed: None,
         lease_abandoned: None,
         held: Vec::new(),
+        ranges: 0,
         plan,
     };
     let mix = &st.plan.workload.mix;

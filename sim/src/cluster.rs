@@ -362,7 +362,9 @@ async fn member_main(spec: Arc<Spec>) {
         0 => SIM_READ_BUDGET_BYTES,
         bytes => bytes,
     };
-    let reads = strata_server::api::Reads::new(read_budget, cfg.max_request_bytes as usize);
+    let reads = strata_server::api::Reads::new(read_budget, cfg.max_request_bytes as usize)
+        .with_first_chunk_keys(1)
+        .with_chunk_pause(std::time::Duration::from_millis(1));
     let mut ctx = Ctx::new(handle.clone(), reads);
     ctx.bcrypt_cost = cfg.bcrypt_cost;
     let client_addr = SocketAddr::new(member_ip(ix), CLIENT_PORT);

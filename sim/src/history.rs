@@ -67,12 +67,14 @@ pub enum Call {
         revision: i64,
         serializable: bool,
     },
-    /// `[start, end)` read (etcd's range); `end` empty means the single key `start`.
+    /// `[start, end)` read (etcd's range); `end` empty means the single key `start`. With
+    /// `stream` it is read through RangeStream and its messages merged.
     Range {
         start: Key,
         end: Key,
         revision: i64,
         serializable: bool,
+        stream: bool,
     },
     Put {
         key: Key,

@@ -144,6 +144,12 @@ pub type LeaderDialer = Arc<dyn Fn(&str) -> Result<Channel, String> + Send + Syn
 pub struct Reads {
     pub budget: crate::read_budget::ReadBudget,
     pub chunk_bytes: usize,
+    /// Keys in a range's first chunk: few, so a read learns its size before it holds much.
+    pub first_chunk_keys: i64,
+    /// Time between two chunks of a read. Zero on a real member, where reading, encoding and
+    /// sending a chunk takes the time it takes; the simulator sets it, since there a chunk
+    /// takes no simulated time and writes could never land between two chunks.
+    pub chunk_pause: std::time::Duration,
 }
 
 impl Reads {
@@ -153,7 +159,22 @@ impl Reads {
         Reads {
             budget: crate::read_budget::ReadBudget::new(budget_bytes),
             chunk_bytes: chunk_bytes.max(1),
+            first_chunk_keys: 10,
+            chunk_pause: std::time::Duration::ZERO,
         }
+    }
+
+    /// Waits `pause` between two chunks of a read (see [`Reads::chunk_pause`]).
+    pub fn with_chunk_pause(mut self, pause: std::time::Duration) -> Reads {
+        self.chunk_pause = pause;
+        self
+    }
+
+    /// Starts every range with a chunk of `keys` keys (the simulator's stores are a handful of
+    /// keys; one key per first chunk makes every range of two keys or more read in chunks).
+    pub fn with_first_chunk_keys(mut self, keys: i64) -> Reads {
+        self.first_chunk_keys = keys.max(1);
+        self
     }
 
     /// The budget's use in Prometheus' text format.

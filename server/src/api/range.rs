@@ -14,8 +14,9 @@
 //! drops them ([`EncodedRangeResponse`]), so a response exists once, not as key-values and
 //! again as protobuf. Its bytes are held against the [`ReadBudget`] from the moment its size
 //! is known (after the first chunk: bytes per key × keys to come) until the transport has
-//! sent it. RangeStream holds budget for the chunks it may have queued, and is cut when its
-//! client takes nothing for [`STALLED_STREAM_TIMEOUT`].
+//! sent it. RangeStream waits at its start for room for the chunks it may have queued (and
+//! holds more if its chunks turn out larger), and is cut when its client takes nothing for
+//! [`STALLED_STREAM_TIMEOUT`].
 //!
 //! A compaction past the pinned revision between chunks makes the next chunk fail with
 //! `Compacted`. A unary Range then starts over as a new read (it was never answered, so it
@@ -38,9 +39,6 @@ use tonic::Status;
 
 use super::{status, Ctx};
 use crate::read_budget::Grant;
-
-/// Keys in the first chunk: small, so a read learns its size before it holds much.
-const FIRST_CHUNK_KEYS: i64 = 10;
 
 /// How often a unary Range starts over after a compaction overtook it.
 pub const RESTARTS: u32 = 3;
@@ -87,7 +85,7 @@ impl<'a> Chunks<'a> {
             target_bytes: ctx.reads.chunk_bytes,
             req,
             left,
-            chunk_keys: FIRST_CHUNK_KEYS,
+            chunk_keys: ctx.reads.first_chunk_keys,
             pinned: None,
             done: false,
         }
@@ -103,6 +101,10 @@ impl<'a> Chunks<'a> {
         if self.done {
             return Ok(None);
         }
+        let pause = self.ctx.reads.chunk_pause;
+        if !self.is_first() && !pause.is_zero() {
+            tokio::time::sleep(pause).await;
+        }
         let request = match self.pinned {
             None if !splittable(&self.req) => {
                 self.done = true;
@@ -114,7 +116,14 @@ impl<'a> Chunks<'a> {
             }),
             Some(revision) => Request::RangeChunk(RangeRequest {
                 limit: self.chunk_limit(),
-                revision,
+                revision: if strata_engine::bugs::active(
+                    self.ctx.handle.shared.config.bug,
+                    strata_engine::bugs::Bug::RangeChunksUnpinned,
+                ) {
+                    0
+                } else {
+                    revision
+                },
                 serializable: true,
                 ..self.req.clone()
             }),
@@ -407,8 +416,15 @@ pub async fn range_stream(
             pinned,
             done,
         };
-        let mut held: VecDeque<Grant> = VecDeque::new();
-        let header = first.header.clone().unwrap_or_default();
+        // The stream holds room for the chunks it may have queued, from the start: like a
+        // unary read it waits once, before it holds anything, so it cannot wait on itself.
+        let mut grant = ctx
+            .reads
+            .budget
+            .acquire((STREAM_CHUNKS_IN_FLIGHT * ctx.reads.chunk_bytes) as u64)
+            .await;
+        let mut recent: VecDeque<u64> = VecDeque::new();
+        let header = first.header.unwrap_or_default();
         let opening = RangeResponse {
             header: Some(ResponseHeader {
                 revision: 0,
@@ -440,7 +456,9 @@ pub async fn range_stream(
                 }
             };
             next = match chunks.next().await {
-                Ok(Some(c)) => Some(Ok(c)),
+                // Only the first data message names the revision: the others carry key-values
+                // (and the last, count and more), as etcd 3.7's do.
+                Ok(Some(c)) => Some(Ok(RangeResponse { header: None, ..c })),
                 Ok(None) => None,
                 Err(e) => Some(Err(status(e))),
             };
@@ -449,11 +467,11 @@ pub async fn range_stream(
             } else {
                 chunk.more = false;
             }
-            let bytes = chunk.encoded_len() as u64;
-            if held.len() == STREAM_CHUNKS_IN_FLIGHT {
-                held.pop_front();
+            if recent.len() == STREAM_CHUNKS_IN_FLIGHT {
+                recent.pop_front();
             }
-            held.push_back(ctx.reads.budget.acquire(bytes).await);
+            recent.push_back(chunk.encoded_len() as u64);
+            grant.grow_to(recent.iter().sum());
             let message = RangeStreamResponse {
                 range_response: Some(chunk),
             };

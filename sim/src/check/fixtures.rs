@@ -173,6 +173,7 @@ pub(crate) fn range(start: &str, end: &str) -> Call {
         end: end.into(),
         revision: 0,
         serializable: false,
+        stream: false,
     }
 }
 

@@ -239,6 +239,7 @@ fn to_call(g: &Gen, n: usize, store: &Store) -> Call {
             end: b"l".to_vec(),
             revision: 0,
             serializable: false,
+            stream: false,
         },
         Gen::StaleGet(k) => Call::Get {
             key: key(k),

@@ -130,7 +130,12 @@ pub(crate) fn name(op: &Op) -> String {
             let s = if *serializable { "serializable " } else { "" };
             format!("{s}get {}", show(key))
         }
-        Call::Range { start, end, .. } => format!("range [{}, {})", show(start), show(end)),
+        Call::Range {
+            start, end, stream, ..
+        } => {
+            let s = if *stream { "stream " } else { "" };
+            format!("{s}range [{}, {})", show(start), show(end))
+        }
         Call::Put { key, value, .. } => format!("put {}={}", show(key), show(value)),
         Call::Delete { key, .. } => format!("delete {}", show(key)),
         Call::Txn { .. } => "txn".to_string(),
