@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
 use strata_bench::{key, one_percent_prefix, prefix_end, put, VALUE_BYTES};
-use strata_engine::mvcc::MvccStore;
+use strata_engine::mvcc::{Counting, MvccStore};
 use strata_engine::proto::etcdserverpb::{RangeRequest, WatchCreateRequest};
 use strata_engine::proto::mvccpb::{event::EventType, Event, KeyValue};
 use strata_engine::request::{Request, Response};
@@ -180,16 +180,38 @@ fn range_100k(c: &mut Criterion) {
             1,
         ),
     ];
+    let chunk = RangeRequest {
+        limit: 1000,
+        ..everything.clone()
+    };
     let mut group = c.benchmark_group("range_100k");
     for (name, request, kvs) in cases {
         // What each case reads, checked once before timing it.
-        let resp = store.range(&backend, &request).expect("range");
+        let resp = store
+            .range(&backend, &request, Counting::Total)
+            .expect("range");
         assert_eq!(resp.kvs.len() as u64, kvs, "{name}: kvs returned");
         assert!(resp.count >= kvs as i64, "{name}: count {}", resp.count);
         group.bench_function(name, |b| {
-            b.iter(|| store.range(&backend, black_box(&request)).expect("range"))
+            b.iter(|| {
+                store
+                    .range(&backend, black_box(&request), Counting::Total)
+                    .expect("range")
+            })
         });
     }
+    // A chunk after the first of a range read in chunks: no count, so O(limit).
+    let resp = store
+        .range(&backend, &chunk, Counting::Skip)
+        .expect("range");
+    assert_eq!(resp.kvs.len(), 1000);
+    group.bench_function("all_limit_1000_uncounted_chunk", |b| {
+        b.iter(|| {
+            store
+                .range(&backend, black_box(&chunk), Counting::Skip)
+                .expect("range")
+        })
+    });
     group.finish();
 }
 
