@@ -58,6 +58,8 @@ start_cluster() { # SYSTEM BINARY MEMBERS FIRST_PORT
       --quota-backend-bytes $((8 * 1024 * 1024 * 1024)) --logger zap --log-outputs "$work/$system$i.log" \
       2>>"$work/$system$i.stderr" &
     pids+=($!)
+    # If memory runs out, the kernel kills a member, not the harness.
+    echo 1000 >"/proc/$!/oom_score_adj" 2>/dev/null || true
   done
   for _ in $(seq 1 150); do
     local healthy=0
@@ -79,16 +81,36 @@ rss_kib() { # PID FIELD
   awk -v f="$2:" '$1 == f {print $2}' "/proc/$1/status"
 }
 max_of() { sort -n | tail -n 1; }
+# " (killed)" if a member is gone (the OOM killer: the members are its first choice).
+members_dead() {
+  local pid
+  for pid in "${pids[@]}"; do
+    [ -r "/proc/$pid/status" ] || { echo " (member killed: out of memory)"; return; }
+  done
+}
+# Writes the largest RSS (KiB) any member reached, sampled every 100 ms, to FILE until killed:
+# VmHWM is lost with a member the kernel kills.
+sample_rss() { # FILE
+  local max=0 pid v
+  while true; do
+    for pid in "${pids[@]}"; do
+      v=$(awk '$1 == "VmRSS:" {print $2}' "/proc/$pid/status" 2>/dev/null || echo 0)
+      [ "${v:-0}" -gt "$max" ] && max=$v
+    done
+    echo "$max" >"$1"
+    sleep 0.1
+  done
+}
 
 # One reader: full reads until the deadline; appends one line per completed read.
-reader() { # URL DEADLINE OUT
-  local url=$1 deadline=$2 out=$3 line
+reader() { # URL DEADLINE OUT HEADERS
+  local url=$1 deadline=$2 out=$3 headers=$4 line
   while [ "$(date +%s)" -lt "$deadline" ]; do
     line=$(curl -s --http2-prior-knowledge -H 'content-type: application/grpc' -H 'te: trailers' \
       --data-binary @"$work/all.req" -o /dev/null -w '%{size_download} %{time_total}\n' \
-      -D "$out.headers" "$url/etcdserverpb.KV/Range" || true)
+      -D "$headers" "$url/etcdserverpb.KV/Range" || true)
     # grpc-status 0 arrives in the trailers, which curl writes with the headers.
-    if grep -qi '^grpc-status: 0' "$out.headers" 2>/dev/null; then echo "$line" >>"$out"; fi
+    if grep -qi '^grpc-status: 0' "$headers" 2>/dev/null; then echo "$line" >>"$out"; fi
   done
 }
 
@@ -108,25 +130,42 @@ for members in $members_list; do
       range --consistency l --key-space-size 1000 | sed -n 's/.*"p99_ms":\([0-9.]*\).*/\1/p')
     for readers in $readers_list; do
       for pid in "${pids[@]}"; do echo 5 >"/proc/$pid/clear_refs"; done
+      began=$(date +%s.%N)
       deadline=$(($(date +%s) + secs))
       rm -f "$work"/reads.*
       rpids=()
       for r in $(seq 1 "$readers"); do
         i=$(((r - 1) % members + 1))
-        reader "http://127.0.0.1:$((first + 2 * i - 2))" "$deadline" "$work/reads.$r" &
+        reader "http://127.0.0.1:$((first + 2 * i - 2))" "$deadline" "$work/reads.$r" "$work/headers.$r" &
         rpids+=($!)
       done
+      echo 0 >"$work/peak"
+      sample_rss "$work/peak" &
+      sampler=$!
       small=$("$bench" --endpoints "$endpoints" --conns 1 --clients 4 --total 100000000 --max-secs "$secs" \
-        --json range --consistency l --key-space-size 1000 | sed -n 's/.*"p99_ms":\([0-9.]*\).*/\1/p')
+        --json range --consistency l --key-space-size 1000 2>/dev/null | sed -n 's/.*"p99_ms":\([0-9.]*\).*/\1/p') || true
       wait "${rpids[@]}"
-      peak=$(for pid in "${pids[@]}"; do rss_kib "$pid" VmHWM; done | max_of)
-      done_reads=$(cat "$work"/reads.[0-9]* 2>/dev/null | awk -v min=$((keys * value)) '$1 >= min' | wc -l)
-      mean_s=$(cat "$work"/reads.[0-9]* 2>/dev/null | awk '{s += $2; n++} END {if (n) printf "%.1f", s / n; else print "-"}')
-      mb_s=$(awk -v n="$done_reads" -v b=$((keys * value)) -v t="$secs" 'BEGIN {printf "%.0f", n * b / t / 1e6}')
+      # Reads begun before the deadline finish after it: throughput is over the whole phase.
+      wall=$(awk -v a="$began" -v b="$(date +%s.%N)" 'BEGIN {printf "%.1f", b - a}')
+      kill "$sampler" 2>/dev/null || true
+      wait "$sampler" 2>/dev/null || true
+      peak=$(cat "$work/peak")
+      for pid in "${pids[@]}"; do
+        if [ -r "/proc/$pid/status" ]; then
+          hwm=$(rss_kib "$pid" VmHWM)
+          [ "$hwm" -gt "$peak" ] && peak=$hwm
+        fi
+      done
+      cat "$work"/reads.[0-9]* >"$work/reads.all" 2>/dev/null || true
+      done_reads=$(awk -v min=$((keys * value)) '$1 >= min' "$work/reads.all" | wc -l)
+      mean_s=$(awk '{s += $2; n++} END {if (n) printf "%.2f", s / n; else print "-"}' "$work/reads.all")
+      mb_s=$(awk -v n="$done_reads" -v b=$((keys * value)) -v t="$wall" 'BEGIN {printf "%.0f", n * b / t / 1e6}')
       printf '%s|%s|%s|%s|%s|%s|%s|%s|%s|%s\n' "$system" "$members" "$readers" "$done_reads" "$mean_s" \
-        "$mb_s" "$idle" "${small:--}" "$((loaded / 1024))" "$((peak / 1024))" | tee -a "$results"
+        "$mb_s" "$idle" "${small:--}" "$((loaded / 1024))" "$((peak / 1024))$(members_dead)" | tee -a "$results"
+      # A member the kernel killed (out of memory) ends this system's rows.
+      [ -z "$(members_dead)" ] || break
     done
-    if [ "$system" = strata ]; then
+    if [ "$system" = strata ] && [ -z "$(members_dead)" ]; then
       pid=${pids[0]}
       before=$(rss_kib "$pid" VmRSS)
       echo 5 >"/proc/$pid/clear_refs"
@@ -143,7 +182,8 @@ done
 {
   echo "Large reads on $(date -u +%Y-%m-%d), $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo);"
   echo "etcd $(/usr/bin/etcd --version | head -1 | awk '{print $3}') vs strata $(git rev-parse --short HEAD);"
-  echo "$keys keys x $value B values ($((keys * value / 1000000)) MB), ${secs} s of back-to-back full reads per row"
+  echo "$keys keys x $value B values ($((keys * value / 1000000)) MB): each reader starts full reads back to back for ${secs} s"
+  echo "(MB/s over the phase, until the last read begun has ended)"
   echo "while 4 clients do linearizable gets; RSS of the largest member, MiB."
   echo
   echo "| system | members | readers | full reads | mean s/read | MB/s | small-get p99 idle ms | small-get p99 ms | RSS loaded | peak RSS |"
