@@ -13,7 +13,7 @@
 # least the values' total and the call ended with grpc-status 0.
 #   bash ci/bench-large-reads.sh [report.md]   default: $CARGO_TARGET_DIR/bench-large-reads.md
 # Knobs: LR_KEYS (100000), LR_VALUE (2048), LR_SECS (20), LR_READERS ("16 64"),
-# LR_MEMBERS ("1 3"), LR_KEEP=1 (keep data dirs and logs).
+# LR_MEMBERS ("1 3"), LR_SYSTEMS ("etcd strata"), LR_KEEP=1 (keep data dirs and logs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/strata/target}"
@@ -23,6 +23,7 @@ value="${LR_VALUE:-2048}"
 secs="${LR_SECS:-20}"
 readers_list="${LR_READERS:-16 64}"
 members_list="${LR_MEMBERS:-1 3}"
+systems_list="${LR_SYSTEMS:-etcd strata}"
 
 command -v etcd >/dev/null 2>&1 || bash ci/setup.sh
 cargo build --release --locked -p strata-server --bin strata
@@ -115,7 +116,7 @@ reader() { # URL DEADLINE OUT HEADERS
 }
 
 for members in $members_list; do
-  for system in etcd strata; do
+  for system in $systems_list; do
     binary=/usr/bin/etcd
     [ "$system" = strata ] && binary="$work/strata"
     first=24100

@@ -968,8 +968,9 @@ impl AuthStore {
             return Ok(());
         }
         match request {
-            Request::Range(r) | Request::RangeChunk(r) => {
-                self.check_op(ai, &r.key, &r.range_end, Access::Read)
+            Request::Range(r) => self.check_op(ai, &r.key, &r.range_end, Access::Read),
+            Request::RangeChunk(c) => {
+                self.check_op(ai, &c.range.key, &c.range.range_end, Access::Read)
             }
             Request::Txn(t) if txn_is_read_only(t) => self.check_txn(ai, t, lessor),
             Request::Compact(_)

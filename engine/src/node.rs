@@ -1302,9 +1302,10 @@ impl<B: KvBackend> Node<B> {
                 let serializable = r.serializable;
                 self.read(id, Request::Range(r), serializable, sender)
             }
-            Request::RangeChunk(r) => {
-                mvcc::validate_range(&r)?;
-                self.read(id, Request::RangeChunk(r), true, sender)
+            Request::RangeChunk(c) => {
+                mvcc::validate_range(&c.range)?;
+                let serializable = c.range.serializable;
+                self.read(id, Request::RangeChunk(c), serializable, sender)
             }
             Request::Put(p) => {
                 mvcc::validate_put(&p)?;
@@ -1758,11 +1759,9 @@ impl<B: KvBackend> Node<B> {
                 r,
                 Counting::Total,
             )?)),
-            Request::RangeChunk(r) => Ok(Response::Range(self.sm.mvcc.range(
-                backend,
-                r,
-                Counting::Skip,
-            )?)),
+            Request::RangeChunk(c) => Ok(Response::RangeChunk(
+                self.sm.mvcc.range_encoded(backend, &c.range, c.counting)?,
+            )),
             Request::Txn(t) => {
                 // Read-only: the store applies no write, so a shared borrow suffices.
                 Ok(Response::Txn(self.sm.mvcc.read_txn(backend, t)?))
@@ -2208,7 +2207,8 @@ fn request_size(request: &Request) -> usize {
     match request {
         Request::Put(r) => r.encoded_len(),
         Request::Txn(r) => r.encoded_len(),
-        Request::Range(r) | Request::RangeChunk(r) => r.encoded_len(),
+        Request::Range(r) => r.encoded_len(),
+        Request::RangeChunk(c) => c.range.encoded_len(),
         Request::DeleteRange(r) => r.encoded_len(),
         _ => 0,
     }

@@ -6,6 +6,7 @@
 //! before proposing); `Authenticate` is not the client's `AuthenticateRequest` but what the
 //! server proposes once it has checked the password against [`crate::Node::password_check`].
 
+pub use crate::mvcc::{Counting, EncodedRange};
 use crate::proto::etcdserverpb::*;
 use crate::proto::strata::internal::InternalAuthenticateRequest;
 
@@ -26,11 +27,12 @@ pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Request {
     Range(RangeRequest),
-    /// One chunk of a range the server splits (RangeStream, large unary ranges): served as a
-    /// serializable Range at its revision, except that `count` is not computed and is 0, so a
-    /// chunk costs O(limit) however many keys follow it (etcd 3.7's `CountTotal: false`). The
-    /// first chunk is an ordinary [`Request::Range`], which pins the revision and counts.
-    RangeChunk(RangeRequest),
+    /// One chunk of a range the server splits (RangeStream, large unary ranges), answered
+    /// with [`Response::RangeChunk`]: key-values left encoded, and with
+    /// [`Counting::Skip`] no count, so a chunk costs O(limit) however many keys follow it
+    /// (etcd 3.7's `CountTotal: false`). The first chunk is read as the client asked
+    /// (linearizable or not) and counts; the next ones are serializable at its revision.
+    RangeChunk(RangeChunk),
     Put(PutRequest),
     DeleteRange(DeleteRangeRequest),
     Txn(TxnRequest),
@@ -69,9 +71,17 @@ pub enum Request {
     RoleRevokePermission(AuthRoleRevokePermissionRequest),
 }
 
+/// See [`Request::RangeChunk`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct RangeChunk {
+    pub range: RangeRequest,
+    pub counting: Counting,
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub enum Response {
     Range(RangeResponse),
+    RangeChunk(EncodedRange),
     Put(PutResponse),
     DeleteRange(DeleteRangeResponse),
     Txn(TxnResponse),
@@ -115,6 +125,7 @@ impl Response {
     pub fn header_mut(&mut self) -> &mut Option<ResponseHeader> {
         match self {
             Response::Range(r) => &mut r.header,
+            Response::RangeChunk(r) => &mut r.header,
             Response::Put(r) => &mut r.header,
             Response::DeleteRange(r) => &mut r.header,
             Response::Txn(r) => &mut r.header,

@@ -11,6 +11,7 @@
 use std::collections::BTreeMap;
 
 use proptest::prelude::*;
+use prost::Message as _;
 use strata_engine::error::Error;
 use strata_engine::mvcc::{
     validate_put, validate_range, validate_txn, Counting, HashKv, MvccStore,
@@ -766,6 +767,21 @@ impl Node {
                 prop_assert_eq!(&total, &expected);
                 // A chunk (no total count) answers the same keys and `more`, with count 0 unless
                 // only the count was asked.
+                // The encoded answer decodes to the same, whichever way it was built.
+                let encoded =
+                    etcd(self.store.range_encoded(backend, &req, Counting::Total)).map(|e| {
+                        RangeResponse {
+                            header: e.header,
+                            kvs: e
+                                .kvs
+                                .iter()
+                                .map(|b| KeyValue::decode(&b[..]).expect("a KeyValue"))
+                                .collect(),
+                            more: e.more,
+                            count: e.count,
+                        }
+                    });
+                prop_assert_eq!(&encoded, &expected);
                 let chunk = etcd(self.store.range(backend, &req, Counting::Skip));
                 let uncounted = expected.map(|mut r| {
                     if !req.count_only {

@@ -59,7 +59,7 @@ use crate::proto::mvccpb::{Event, KeyValue};
 use crate::types::{LeaseId, Revision};
 
 use key_index::Index;
-pub use range::Counting;
+pub use range::{Counting, EncodedRange};
 use range::{KeySpan, ReadView};
 use revision::{main_bound, Rev};
 use staged::Staged;
@@ -190,6 +190,19 @@ impl MvccStore {
         counting: Counting,
     ) -> Result<RangeResponse, Error> {
         let mut resp = ReadView::committed(self, backend).range_counting(req, counting)?;
+        resp.header = None;
+        Ok(resp)
+    }
+
+    /// etcd's Range with the key-values left encoded ([`EncodedRange`]). The header is left
+    /// `None`.
+    pub fn range_encoded(
+        &self,
+        backend: &dyn KvBackend,
+        req: &RangeRequest,
+        counting: Counting,
+    ) -> Result<EncodedRange, Error> {
+        let mut resp = ReadView::committed(self, backend).range_encoded(req, counting)?;
         resp.header = None;
         Ok(resp)
     }
@@ -368,6 +381,11 @@ impl MvccStore {
 
     /// The record of a live revision the index points at.
     fn read_kv(&self, backend: &dyn KvBackend, rev: Rev) -> Result<KeyValue, BackendError> {
+        Ok(decode_kv(rev, &self.read_record(backend, rev)?))
+    }
+
+    /// The record of `rev` as stored: an encoded `mvccpb.KeyValue`.
+    fn read_record(&self, backend: &dyn KvBackend, rev: Rev) -> Result<Vec<u8>, BackendError> {
         let Some(value) = self.staged.get_record(backend, &rev.to_key(false))? else {
             panic!(
                 "index points at revision {}_{} but neither the staged writes nor the backend \
@@ -375,7 +393,7 @@ impl MvccStore {
                 rev.main, rev.sub
             );
         };
-        Ok(decode_kv(rev, &value))
+        Ok(value)
     }
 
     /// Applies the changes of one write operation at the next revision: records staged, index

@@ -35,6 +35,8 @@ use std::cmp::Ordering;
 use std::collections::{btree_map, BTreeMap};
 use std::iter::Peekable;
 
+use prost::Message;
+
 use crate::backend::{BackendError, KvBackend};
 use crate::error::{Error, EtcdError};
 use crate::proto::etcdserverpb::range_request::{SortOrder, SortTarget};
@@ -268,26 +270,7 @@ impl<'a> ReadView<'a> {
         req: &RangeRequest,
         counting: Counting,
     ) -> Result<RangeResponse, Error> {
-        let at = self.resolve(req.revision)?;
-        let span = KeySpan::new(&req.key, &req.range_end);
-        let header = Some(ResponseHeader {
-            revision: self.head,
-            ..ResponseHeader::default()
-        });
-        let mut count = 0i64;
-        let mut found = Vec::new();
-        let gather = gather_limit(req);
-        let skip_count = counting == Counting::Skip && !req.count_only;
-        self.visit(span, at, &mut |key, f| {
-            count += 1;
-            if !req.count_only && gather.is_none_or(|limit| found.len() < limit) {
-                found.push((key, f));
-            }
-            !skip_count || gather.is_none_or(|limit| found.len() < limit)
-        });
-        if skip_count {
-            count = 0;
-        }
+        let (header, count, found) = self.gather(req, counting)?;
         if req.count_only {
             return Ok(RangeResponse {
                 header,
@@ -321,6 +304,95 @@ impl<'a> ReadView<'a> {
             count,
         })
     }
+
+    /// [`ReadView::range_counting`] with each key-value left as its encoded `mvccpb.KeyValue`
+    /// (for a committed key, the backend's record as stored): what a server needs to put on
+    /// the wire, without decoding a value only to encode it again. Requests that sort or
+    /// filter are answered by [`ReadView::range_counting`] and encoded.
+    pub fn range_encoded(
+        &self,
+        req: &RangeRequest,
+        counting: Counting,
+    ) -> Result<EncodedRange, Error> {
+        let sorts = req.sort_order != SortOrder::None as i32 || req.sort_target != 0;
+        if sorts || has_revision_filters(req) || req.count_only {
+            let r = self.range_counting(req, counting)?;
+            return Ok(EncodedRange {
+                header: r.header,
+                kvs: r.kvs.iter().map(Message::encode_to_vec).collect(),
+                more: r.more,
+                count: r.count,
+            });
+        }
+        let (header, count, mut found) = self.gather(req, counting)?;
+        let more = req.limit > 0 && found.len() as i64 > req.limit;
+        if more {
+            found.truncate(req.limit as usize);
+        }
+        let kvs = found
+            .into_iter()
+            .map(|(key, f)| match (req.keys_only, f) {
+                (true, _) => {
+                    let mut kv = match self.key_only(key, f) {
+                        Some(kv) => kv,
+                        None => self.materialize(f)?,
+                    };
+                    kv.value.clear();
+                    Ok(kv.encode_to_vec())
+                }
+                (false, Found::Stored(state)) => {
+                    self.store.read_record(self.backend, state.modified)
+                }
+                (false, Found::Written(kv)) => Ok(kv.encode_to_vec()),
+            })
+            .collect::<Result<Vec<_>, BackendError>>()?;
+        Ok(EncodedRange {
+            header,
+            kvs,
+            more,
+            count,
+        })
+    }
+
+    /// Steps 1-3 of the module docs: the header, the count, and the keys gathered.
+    #[allow(clippy::type_complexity)]
+    fn gather(
+        &self,
+        req: &RangeRequest,
+        counting: Counting,
+    ) -> Result<(Option<ResponseHeader>, i64, Vec<(&'a [u8], Found<'a>)>), Error> {
+        let at = self.resolve(req.revision)?;
+        let span = KeySpan::new(&req.key, &req.range_end);
+        let header = Some(ResponseHeader {
+            revision: self.head,
+            ..ResponseHeader::default()
+        });
+        let mut count = 0i64;
+        let mut found = Vec::new();
+        let gather = gather_limit(req);
+        let skip_count = counting == Counting::Skip && !req.count_only;
+        self.visit(span, at, &mut |key, f| {
+            count += 1;
+            if !req.count_only && gather.is_none_or(|limit| found.len() < limit) {
+                found.push((key, f));
+            }
+            !skip_count || gather.is_none_or(|limit| found.len() < limit)
+        });
+        if skip_count {
+            count = 0;
+        }
+        Ok((header, count, found))
+    }
+}
+
+/// A Range answer whose key-values are encoded `mvccpb.KeyValue`s (see
+/// [`ReadView::range_encoded`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EncodedRange {
+    pub header: Option<ResponseHeader>,
+    pub kvs: Vec<Vec<u8>>,
+    pub more: bool,
+    pub count: i64,
 }
 
 /// Whether a range counts every live key of its span (etcd's `CountTotal`).

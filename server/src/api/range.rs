@@ -32,7 +32,8 @@ use strata_engine::proto::etcdserverpb::range_request::{SortOrder, SortTarget};
 use strata_engine::proto::etcdserverpb::{
     RangeRequest, RangeResponse, RangeStreamResponse, ResponseHeader,
 };
-use strata_engine::request::{Request, Response};
+use strata_engine::proto::mvccpb::KeyValue;
+use strata_engine::request::{Counting, EncodedRange, RangeChunk, Request, Response};
 use strata_engine::EtcdError;
 use tonic::metadata::MetadataMap;
 use tonic::Status;
@@ -97,7 +98,7 @@ impl<'a> Chunks<'a> {
 
     /// The next chunk; `None` once the read is complete. The last chunk's `more` is the
     /// answer's `more`; the first chunk's `count` is the answer's `count`.
-    async fn next(&mut self) -> Result<Option<RangeResponse>, EtcdError> {
+    async fn next(&mut self) -> Result<Option<EncodedRange>, EtcdError> {
         if self.done {
             return Ok(None);
         }
@@ -110,26 +111,38 @@ impl<'a> Chunks<'a> {
                 self.done = true;
                 Request::Range(self.req.clone())
             }
-            None => Request::Range(RangeRequest {
-                limit: self.chunk_limit(),
-                ..self.req.clone()
-            }),
-            Some(revision) => Request::RangeChunk(RangeRequest {
-                limit: self.chunk_limit(),
-                revision: if strata_engine::bugs::active(
-                    self.ctx.handle.shared.config.bug,
-                    strata_engine::bugs::Bug::RangeChunksUnpinned,
-                ) {
-                    0
-                } else {
-                    revision
+            None => Request::RangeChunk(RangeChunk {
+                range: RangeRequest {
+                    limit: self.chunk_limit(),
+                    ..self.req.clone()
                 },
-                serializable: true,
-                ..self.req.clone()
+                counting: Counting::Total,
+            }),
+            Some(revision) => Request::RangeChunk(RangeChunk {
+                range: RangeRequest {
+                    limit: self.chunk_limit(),
+                    revision: if strata_engine::bugs::active(
+                        self.ctx.handle.shared.config.bug,
+                        strata_engine::bugs::Bug::RangeChunksUnpinned,
+                    ) {
+                        0
+                    } else {
+                        revision
+                    },
+                    serializable: true,
+                    ..self.req.clone()
+                },
+                counting: Counting::Skip,
             }),
         };
         let resp = match self.ctx.call_raw(request, self.md).await? {
-            Response::Range(r) => r,
+            Response::RangeChunk(r) => r,
+            Response::Range(r) => EncodedRange {
+                header: r.header,
+                kvs: r.kvs.iter().map(Message::encode_to_vec).collect(),
+                more: r.more,
+                count: r.count,
+            },
             other => panic!("the engine answered a range with {other:?}"),
         };
         if self.pinned.is_none() {
@@ -146,13 +159,17 @@ impl<'a> Chunks<'a> {
         }
         match resp.kvs.last() {
             Some(last) if resp.more && self.left != Some(0) => {
-                let mut next = last.key.clone();
+                let last = KeyValue::decode(&last[..]).map_err(|e| {
+                    let _ = e;
+                    EtcdError::Corrupt
+                })?;
+                let mut next = last.key;
                 next.push(0);
                 self.req.key = next;
             }
             _ => self.done = true,
         }
-        let bytes = resp.kvs.iter().map(Message::encoded_len).sum::<usize>();
+        let bytes = resp.kvs.iter().map(Vec::len).sum::<usize>();
         if bytes < self.target_bytes / 2 {
             self.chunk_keys = self.chunk_keys.saturating_mul(2);
         } else if bytes > self.target_bytes.saturating_mul(2) {
@@ -195,14 +212,17 @@ pub struct EncodedRangeResponse {
 const KVS_TAG: u32 = 2;
 
 impl EncodedRangeResponse {
-    fn push_kvs(&mut self, kvs: &[strata_engine::proto::mvccpb::KeyValue]) {
-        let len: usize = kvs
-            .iter()
-            .map(|kv| prost::encoding::message::encoded_len(KVS_TAG, kv))
-            .sum();
+    /// Appends key-values given as encoded `mvccpb.KeyValue`s, as `kvs` fields.
+    fn push_kvs(&mut self, kvs: &[Vec<u8>]) {
+        use prost::encoding::{encode_key, encode_varint, encoded_len_varint, key_len, WireType};
+        let field_len =
+            |kv: &Vec<u8>| key_len(KVS_TAG) + encoded_len_varint(kv.len() as u64) + kv.len();
+        let len: usize = kvs.iter().map(field_len).sum();
         let mut buf = BytesMut::with_capacity(len);
         for kv in kvs {
-            prost::encoding::message::encode(KVS_TAG, kv, &mut buf);
+            encode_key(KVS_TAG, WireType::LengthDelimited, &mut buf);
+            encode_varint(kv.len() as u64, &mut buf);
+            buf.put_slice(kv);
         }
         self.kvs_len += len;
         self.kvs.get_mut().expect("kvs lock").push(buf.freeze());
@@ -433,7 +453,7 @@ pub async fn range_stream(
             ..RangeResponse::default()
         };
         let count = first.count;
-        let mut next = Some(Ok(RangeResponse {
+        let mut next = Some(Ok(EncodedRange {
             header: Some(ResponseHeader {
                 revision: header.revision,
                 ..ResponseHeader::default()
@@ -458,7 +478,7 @@ pub async fn range_stream(
             next = match chunks.next().await {
                 // Only the first data message names the revision: the others carry key-values
                 // (and the last, count and more), as etcd 3.7's do.
-                Ok(Some(c)) => Some(Ok(RangeResponse { header: None, ..c })),
+                Ok(Some(c)) => Some(Ok(EncodedRange { header: None, ..c })),
                 Ok(None) => None,
                 Err(e) => Some(Err(status(e))),
             };
@@ -470,12 +490,13 @@ pub async fn range_stream(
             if recent.len() == STREAM_CHUNKS_IN_FLIGHT {
                 recent.pop_front();
             }
-            recent.push_back(chunk.encoded_len() as u64);
+            recent.push_back(chunk.kvs.iter().map(Vec::len).sum::<usize>() as u64);
             grant.grow_to(recent.iter().sum());
-            let message = RangeStreamResponse {
-                range_response: Some(chunk),
-            };
-            if send(&tx, Ok(message)).await.is_err() {
+            let message = decoded(chunk).map(|r| RangeStreamResponse {
+                range_response: Some(r),
+            });
+            let failed = message.is_err();
+            if send(&tx, message).await.is_err() || failed {
                 return;
             }
         }
@@ -492,6 +513,22 @@ pub async fn range_stream(
         }
     });
     Ok(Box::pin(messages))
+}
+
+/// A chunk as the key-values a `RangeStreamResponse` carries.
+fn decoded(chunk: EncodedRange) -> Result<RangeResponse, Status> {
+    let kvs = chunk
+        .kvs
+        .iter()
+        .map(|kv| KeyValue::decode(&kv[..]))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| status(EtcdError::Corrupt))?;
+    Ok(RangeResponse {
+        header: chunk.header,
+        kvs,
+        more: chunk.more,
+        count: chunk.count,
+    })
 }
 
 /// The messages of a RangeStream, as tonic serves them.
