@@ -176,6 +176,19 @@ fn fmt_response(resp: &Response) -> String {
             }
         }
         Response::Range(r) => fmt_range(&mut s, r),
+        Response::RangeChunk(r) => {
+            let decoded = pb::RangeResponse {
+                header: r.header,
+                kvs: r
+                    .kvs
+                    .iter()
+                    .map(|kv| prost::Message::decode(&kv[..]).expect("a KeyValue"))
+                    .collect(),
+                more: r.more,
+                count: r.count,
+            };
+            fmt_range(&mut s, &decoded)
+        }
         Response::DeleteRange(r) => {
             write!(s, "deleted={} rev={}", r.deleted, rev(&r.header)).expect("string");
             for p in &r.prev_kvs {
