@@ -5,37 +5,23 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{runtime, Cluster};
+use common::{metric, runtime, Cluster};
 use etcd_client::{Client, Compare, CompareOp, GetOptions, PutOptions, SortOrder, SortTarget};
 use etcd_client::{Txn, TxnOp};
-use strata_engine::proto::etcdserverpb::{
-    range_request, RangeRequest, RangeResponse, ResponseHeader,
-};
+use prost::Message as _;
+use strata_engine::proto::etcdserverpb::{range_request, RangeRequest, RangeResponse};
 use strata_server::api::pb::etcdserverpb::kv_client::KvClient;
 
 const CHUNKY: &[&str] = &["--max-request-bytes", "16384"];
-
-/// One value from a member's `/metrics`.
-fn metric(url: &str, name: &str) -> u64 {
-    let out = Command::new("curl")
-        .args(["-fs", &format!("{url}/metrics")])
-        .output()
-        .expect("curl");
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
-        .unwrap_or_else(|| panic!("{name} missing from {url}/metrics"))
-}
 
 fn value(i: usize, size: usize) -> String {
     format!("{i:06}-").repeat(size / 7 + 1)[..size].to_string()
 }
 
 /// The messages of a RangeStream merged as etcd's `RangeStreamToRangeResponse` does (protobuf
-/// merge: header fields set in later messages win, kvs append); also how many there were.
+/// merge: fields set in later messages win, kvs append); also how many there were.
 async fn range_stream(
     url: &str,
     req: RangeRequest,
@@ -47,26 +33,9 @@ async fn range_stream(
     while let Some(message) = stream.message().await? {
         messages += 1;
         let part = message.range_response.expect("a range_response");
-        if let Some(h) = part.header {
-            let m = merged.header.get_or_insert_with(ResponseHeader::default);
-            if h.cluster_id != 0 {
-                m.cluster_id = h.cluster_id;
-            }
-            if h.member_id != 0 {
-                m.member_id = h.member_id;
-            }
-            if h.revision != 0 {
-                m.revision = h.revision;
-            }
-            if h.raft_term != 0 {
-                m.raft_term = h.raft_term;
-            }
-        }
-        merged.kvs.extend(part.kvs);
-        merged.more |= part.more;
-        if part.count != 0 {
-            merged.count = part.count;
-        }
+        merged
+            .merge(part.encode_to_vec().as_slice())
+            .expect("a message merges");
     }
     Ok((merged, messages))
 }

@@ -4,10 +4,9 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{runtime, Cluster};
+use common::{metric, runtime, Cluster};
 use etcd_client::{Client, EventType, PutOptions, Txn, TxnOp, WatchOptions};
 use prost::Message as _;
 use strata_engine::proto::etcdserverpb::{
@@ -15,18 +14,6 @@ use strata_engine::proto::etcdserverpb::{
 };
 use strata_server::api::pb::etcdserverpb::watch_client::WatchClient;
 use tokio_real::sync::mpsc;
-
-/// One value from a member's `/metrics`.
-fn metric(url: &str, name: &str) -> u64 {
-    let out = Command::new("curl")
-        .args(["-fs", &format!("{url}/metrics")])
-        .output()
-        .expect("curl");
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
-        .unwrap_or_else(|| panic!("{name} missing from {url}/metrics"))
-}
 
 /// A watch stream over the raw gRPC API, to see what etcd-client hides (the `fragment` flag).
 /// The request side stays open: a half-close would end the watch.

@@ -22,6 +22,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use madsim::rand::Rng;
+use prost::Message as _;
 use strata_engine::proto::etcdserverpb::watch_request::RequestUnion;
 use strata_engine::proto::etcdserverpb::{
     compare, request_op, response_op, Compare as PbCompare, DeleteRangeRequest, HashKvRequest,
@@ -207,7 +208,7 @@ fn compare_pb(c: &Compare) -> PbCompare {
 }
 
 /// A RangeStream read to its end, its messages merged as etcd's `RangeStreamToRangeResponse`
-/// merges them (header fields set later win, kvs append, count and more from the last).
+/// merges them.
 async fn range_stream(
     kv: &mut KvClient<Channel>,
     req: RangeRequest,
@@ -216,36 +217,10 @@ async fn range_stream(
     let mut merged = RangeResponse::default();
     while let Some(message) = stream.message().await? {
         let part = message.range_response.unwrap_or_default();
-        if let Some(h) = part.header {
-            let m = merged.header.get_or_insert_with(Default::default);
-            m.cluster_id = if h.cluster_id != 0 {
-                h.cluster_id
-            } else {
-                m.cluster_id
-            };
-            m.member_id = if h.member_id != 0 {
-                h.member_id
-            } else {
-                m.member_id
-            };
-            m.revision = if h.revision != 0 {
-                h.revision
-            } else {
-                m.revision
-            };
-            m.raft_term = if h.raft_term != 0 {
-                h.raft_term
-            } else {
-                m.raft_term
-            };
-        }
-        merged.kvs.extend(part.kvs);
-        merged.more |= part.more;
-        merged.count = if part.count != 0 {
-            part.count
-        } else {
-            merged.count
-        };
+        // Protobuf merge: fields set in later messages win, repeated fields append.
+        merged
+            .merge(part.encode_to_vec().as_slice())
+            .map_err(|e| tonic::Status::internal(format!("a stream message merges: {e}")))?;
     }
     Ok(merged)
 }

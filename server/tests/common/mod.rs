@@ -160,6 +160,20 @@ pub fn free_port() -> u16 {
     }
 }
 
+/// One value from the `/metrics` of the member whose client URL is `url` (the first line
+/// that starts with `name` and holds a number after it).
+#[allow(dead_code)] // not every test binary reads metrics
+pub fn metric(url: &str, name: &str) -> u64 {
+    let out = Command::new("curl")
+        .args(["-fs", &format!("{url}/metrics")])
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or_else(|| panic!("{name} missing from {url}/metrics"))
+}
+
 /// Whether `url`'s `/health` answers 200.
 pub fn healthy(url: &str) -> bool {
     Command::new("curl")
