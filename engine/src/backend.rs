@@ -115,6 +115,16 @@ pub enum Scan {
 pub trait KvBackend {
     fn get(&self, bucket: Bucket, key: &[u8]) -> Result<Option<Vec<u8>>, BackendError>;
 
+    /// The values of `keys` in `bucket`, in the order given; a backend may look them up
+    /// together (a range chunk reads one record per key).
+    fn get_many(
+        &self,
+        bucket: Bucket,
+        keys: &[Vec<u8>],
+    ) -> Result<Vec<Option<Vec<u8>>>, BackendError> {
+        keys.iter().map(|key| self.get(bucket, key)).collect()
+    }
+
     /// Visits records of `bucket` with `start <= key < end` (no `end`: to the bucket's end) in
     /// key order until `visit` says stop.
     fn scan(

@@ -384,6 +384,29 @@ impl MvccStore {
         Ok(decode_kv(rev, &self.read_record(backend, rev)?))
     }
 
+    /// The records of `revs` as stored, in order, looked up together.
+    fn read_records(
+        &self,
+        backend: &dyn KvBackend,
+        revs: &[Rev],
+    ) -> Result<Vec<Vec<u8>>, BackendError> {
+        let keys: Vec<Vec<u8>> = revs.iter().map(|r| r.to_key(false)).collect();
+        let records = self.staged.get_records(backend, &keys)?;
+        Ok(records
+            .into_iter()
+            .zip(revs)
+            .map(|(record, rev)| {
+                record.unwrap_or_else(|| {
+                    panic!(
+                        "index points at revision {}_{} but neither the staged writes nor the \
+                         backend hold it (was a taken batch not written?)",
+                        rev.main, rev.sub
+                    )
+                })
+            })
+            .collect())
+    }
+
     /// The record of `rev` as stored: an encoded `mvccpb.KeyValue`.
     fn read_record(&self, backend: &dyn KvBackend, rev: Rev) -> Result<Vec<u8>, BackendError> {
         let Some(value) = self.staged.get_record(backend, &rev.to_key(false))? else {

@@ -329,6 +329,15 @@ impl<'a> ReadView<'a> {
         if more {
             found.truncate(req.limit as usize);
         }
+        // The committed records, looked up together.
+        let stored: Vec<_> = found
+            .iter()
+            .filter_map(|(_, f)| match f {
+                Found::Stored(state) if !req.keys_only => Some(state.modified),
+                _ => None,
+            })
+            .collect();
+        let mut records = self.store.read_records(self.backend, &stored)?.into_iter();
         let kvs = found
             .into_iter()
             .map(|(key, f)| match (req.keys_only, f) {
@@ -340,9 +349,7 @@ impl<'a> ReadView<'a> {
                     kv.value.clear();
                     Ok(kv.encode_to_vec())
                 }
-                (false, Found::Stored(state)) => {
-                    self.store.read_record(self.backend, state.modified)
-                }
+                (false, Found::Stored(_)) => Ok(records.next().expect("a record per stored key")),
                 (false, Found::Written(kv)) => Ok(kv.encode_to_vec()),
             })
             .collect::<Result<Vec<_>, BackendError>>()?;

@@ -56,6 +56,27 @@ impl Staged {
         }
     }
 
+    /// [`Staged::get_record`] of many keys, the ones not staged looked up together.
+    pub fn get_records(
+        &self,
+        backend: &dyn KvBackend,
+        keys: &[Vec<u8>],
+    ) -> Result<Vec<Option<Vec<u8>>>, BackendError> {
+        let unstaged: Vec<Vec<u8>> = keys
+            .iter()
+            .filter(|k| !self.records.contains_key(k.as_slice()))
+            .cloned()
+            .collect();
+        let mut stored = backend.get_many(Bucket::Key, &unstaged)?.into_iter();
+        Ok(keys
+            .iter()
+            .map(|k| match self.records.get(k.as_slice()) {
+                Some(staged) => staged.clone(),
+                None => stored.next().expect("one answer per key asked"),
+            })
+            .collect())
+    }
+
     /// Visits the records `start <= key < end` of the backend with the staged changes applied,
     /// in key order, until `visit` says stop.
     pub fn scan_records(

@@ -93,6 +93,15 @@ pub trait Device: Send + Sync + 'static {
 
     fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, DeviceError>;
 
+    /// The values of `keys`, in the order given (a device may look them up together).
+    fn get_many(
+        &self,
+        space: Space,
+        keys: &[Vec<u8>],
+    ) -> Result<Vec<Option<Vec<u8>>>, DeviceError> {
+        keys.iter().map(|key| self.get(space, key)).collect()
+    }
+
     /// Visits `start <= key < end` (no `end`: to the space's end) in key order while `visit`
     /// returns true.
     fn scan(

@@ -119,6 +119,22 @@ impl Device for RocksDevice {
         self.db.get_cf(self.cf(space), key).map_err(failed("get"))
     }
 
+    /// RocksDB's batched MultiGet: one pass over the memtables and table files for the lot.
+    fn get_many(
+        &self,
+        space: Space,
+        keys: &[Vec<u8>],
+    ) -> Result<Vec<Option<Vec<u8>>>, DeviceError> {
+        self.db
+            .batched_multi_get_cf(self.cf(space), keys, false)
+            .into_iter()
+            .map(|r| {
+                r.map(|v| v.map(|p| p.to_vec()))
+                    .map_err(failed("multi_get"))
+            })
+            .collect()
+    }
+
     fn scan(
         &self,
         space: Space,

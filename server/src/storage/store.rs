@@ -437,6 +437,18 @@ impl<D: Device> KvBackend for StoreBackend<D> {
             .map_err(|e| backend_error("get", e))
     }
 
+    fn get_many(
+        &self,
+        bucket: Bucket,
+        keys: &[Vec<u8>],
+    ) -> Result<Vec<Option<Vec<u8>>>, BackendError> {
+        let keys: Vec<Vec<u8>> = keys.iter().map(|k| kv_key(bucket, k)).collect();
+        self.store
+            .device
+            .get_many(Space::Kv, &keys)
+            .map_err(|e| backend_error("get", e))
+    }
+
     fn scan(
         &self,
         bucket: Bucket,

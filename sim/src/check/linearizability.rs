@@ -488,11 +488,19 @@ fn search_component(
             let k = component
                 .index(e.key)
                 .expect("op keys are in its component");
-            if e.put.is_some() {
-                let t = unseen_puts.entry(k).or_insert(invoke);
-                *t = (*t).min(invoke);
-            } else {
-                unseen_deletes.entry(k).or_default().push(invoke);
+            match e.put {
+                Some((_, lease)) => {
+                    let t = unseen_puts.entry(k).or_insert(invoke);
+                    *t = (*t).min(invoke);
+                    // A lost put with a lease may also have been deleted by its lease's
+                    // expiry or revoke, unseen (swarm seed 926767: the put landed after a
+                    // paused member resumed, its lease expired at once, and the next put
+                    // found the key absent).
+                    if lease != 0 {
+                        unseen_deletes.entry(k).or_default().push(invoke);
+                    }
+                }
+                None => unseen_deletes.entry(k).or_default().push(invoke),
             }
         }
     }

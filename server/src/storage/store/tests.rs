@@ -96,6 +96,7 @@ on_both_devices!(
     corrupt_entry_is_refused_with_the_path,
     a_data_dir_of_another_cluster_is_refused,
     backend_scan_stays_in_bucket_and_range,
+    backend_get_many_answers_as_get_does,
 );
 
 fn entry(index: u64, term: u64) -> Entry {
@@ -293,6 +294,41 @@ fn backend_scan_stays_in_bucket_and_range(h: impl Harness) {
     })
     .expect("scan");
     assert_eq!(all, 4);
+}
+
+fn backend_get_many_answers_as_get_does(h: impl Harness) {
+    let mut b = h.store().backend();
+    let mut batch = WriteBatch::default();
+    for k in ["a", "c", "e"] {
+        batch.put(
+            Bucket::Key,
+            k.as_bytes().to_vec(),
+            format!("v{k}").into_bytes(),
+        );
+        batch.put(Bucket::Lease, b"b".to_vec(), b"other bucket".to_vec());
+    }
+    b.write(batch).expect("write");
+    let keys: Vec<Vec<u8>> = ["e", "b", "a", "a", "z", "c"]
+        .iter()
+        .map(|k| k.as_bytes().to_vec())
+        .collect();
+    let one_by_one: Vec<_> = keys
+        .iter()
+        .map(|k| b.get(Bucket::Key, k).expect("get"))
+        .collect();
+    assert_eq!(
+        b.get_many(Bucket::Key, &keys).expect("get_many"),
+        one_by_one
+    );
+    assert_eq!(
+        one_by_one.iter().filter(|v| v.is_some()).count(),
+        4,
+        "present, absent and repeated keys, in the order asked"
+    );
+    assert_eq!(
+        b.get_many(Bucket::Key, &[]).expect("none"),
+        Vec::<Option<Vec<u8>>>::new()
+    );
 }
 
 // ---- the model-based test ---------------------------------------------------------------

@@ -19,7 +19,8 @@
 //!     it may go either way. Values and mod_revisions stay exact: an unseen value is never
 //!     shown.
 //!   - a key such a write may have deleted may vanish, once per such write: the state counts
-//!     the lost deletes used, so two vanishings need two lost deletes.
+//!     the lost deletes used, so two vanishings need two lost deletes. A lost put with a lease
+//!     counts as one such delete too (its lease may have expired after it landed).
 
 use std::collections::HashMap;
 

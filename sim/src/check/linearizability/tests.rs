@@ -234,6 +234,63 @@ fn leased_key_may_vanish() {
 }
 
 #[test]
+fn a_lost_leased_put_may_have_vanished_with_its_lease() {
+    // Swarm seed 926767: a put with a lease is lost, lands unseen over "v1", and its lease
+    // expires; the next put finds the key absent.
+    let mut run = Run::new();
+    run.op(1, grant(7, 1), 0, 5, grant_ok(1));
+    run.op(1, put("k", "v1"), 10, 20, put_ok(2));
+    run.op(
+        2,
+        Call::Put {
+            key: "k".into(),
+            value: "v2".into(),
+            lease: 7,
+            prev_kv: false,
+        },
+        30,
+        3000,
+        lost(),
+    );
+    run.op(
+        1,
+        Call::Put {
+            key: "k".into(),
+            value: "v3".into(),
+            lease: 0,
+            prev_kv: true,
+        },
+        4000,
+        4010,
+        Outcome::Ok(Reply::Put {
+            revision: 5,
+            prev: None,
+        }),
+    );
+    assert_clean(&run);
+    // Without a lease the lost put cannot explain the vanishing.
+    let mut run = Run::new();
+    run.op(1, put("k", "v1"), 10, 20, put_ok(2));
+    run.op(2, put("k", "v2"), 30, 3000, lost());
+    run.op(
+        1,
+        Call::Put {
+            key: "k".into(),
+            value: "v3".into(),
+            lease: 0,
+            prev_kv: true,
+        },
+        4000,
+        4010,
+        Outcome::Ok(Reply::Put {
+            revision: 5,
+            prev: None,
+        }),
+    );
+    assert_caught(&run, "no linearization");
+}
+
+#[test]
 fn a_lost_delete_explains_one_vanishing_not_two() {
     let mut run = Run::new();
     run.op(1, put("k", "v1"), 0, 10, put_ok(2));
