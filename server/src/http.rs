@@ -166,7 +166,7 @@ pub async fn serve(
     let app = grpc
         .clone()
         .into_axum_router()
-        .layer(axum::middleware::map_response(release_read_grants))
+        .layer(axum::middleware::map_response(crate::range_body::splice))
         .layer(axum::middleware::map_response(grpc_go_size_status))
         .layer(axum::middleware::from_fn_with_state(
             std::sync::Arc::clone(&ctx.handle.shared),
@@ -235,49 +235,6 @@ async fn serve_app(
 /// (grpc-go) answers `RESOURCE_EXHAUSTED` "grpc: received message larger than max (N vs. M)",
 /// and clients match on the code. Rewrites that one status wherever tonic puts it: in the
 /// headers of a trailers-only answer (unary calls) or in the trailers that end a stream.
-/// Ties a unary Range's share of the read budget (`api::kv::HeldGrant`) to its response body,
-/// so the bytes count until the transport has sent them or the connection is gone.
-async fn release_read_grants(mut response: axum::response::Response) -> axum::response::Response {
-    let Some(grant) = response
-        .extensions_mut()
-        .remove::<crate::api::kv::HeldGrant>()
-    else {
-        return response;
-    };
-    response.map(|body| {
-        axum::body::Body::new(GrantedBody {
-            inner: body,
-            _grant: grant,
-        })
-    })
-}
-
-/// A response body holding budget until it is dropped.
-struct GrantedBody {
-    inner: axum::body::Body,
-    _grant: crate::api::kv::HeldGrant,
-}
-
-impl axum::body::HttpBody for GrantedBody {
-    type Data = axum::body::Bytes;
-    type Error = axum::Error;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
-        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
-    }
-}
-
 async fn grpc_go_size_status(response: axum::response::Response) -> axum::response::Response {
     use http_body_util::BodyExt as _;
     let (mut parts, body) = response.into_parts();

@@ -26,6 +26,8 @@ pub mod logging;
 pub mod metrics;
 #[cfg(not(madsim))]
 pub mod notify;
+#[cfg(not(madsim))]
+pub mod range_body;
 pub mod read_budget;
 #[cfg(not(madsim))]
 pub mod server;

@@ -168,6 +168,19 @@ impl Grant {
             self.bytes = bytes;
         }
     }
+
+    /// Holds at most `bytes`, releasing the rest to the reads waiting.
+    pub fn shrink_to(&mut self, bytes: u64) {
+        if bytes < self.bytes {
+            let less = self.bytes - bytes;
+            let mut st = self.inner.state.lock().expect("read budget lock");
+            assert!(st.in_use >= less, "read budget released twice");
+            st.in_use -= less;
+            drop(st);
+            self.bytes = bytes;
+            self.inner.changed.notify_waiters();
+        }
+    }
 }
 
 impl Drop for Grant {
@@ -296,6 +309,24 @@ mod tests {
         assert_eq!(budget.usage().waiting, 1);
         drop(held);
         next.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn bytes_released_while_sending_admit_the_next_read() {
+        let budget = ReadBudget::new(100);
+        let mut sending = budget.acquire(100).await;
+        let b = budget.clone();
+        let next = pending(async move { b.acquire(40).await });
+        settle().await;
+        assert!(!next.is_finished());
+        sending.shrink_to(60);
+        let next = next.await.unwrap();
+        assert_eq!(budget.usage().in_use, 100);
+        sending.shrink_to(70);
+        assert_eq!(sending.bytes(), 60, "shrinking never grows");
+        drop(sending);
+        drop(next);
+        assert_eq!(budget.usage().in_use, 0);
     }
 
     #[tokio::test]

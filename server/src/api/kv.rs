@@ -21,10 +21,12 @@ impl Kv for KvService {
     async fn range(&self, req: Req<RangeRequest>) -> Result<Resp<EncodedRangeResponse>, Status> {
         let (md, _, msg) = req.into_parts();
         let answer = range::range(&self.0, &md, msg).await?;
+        // The client listener sends the key-values as read and holds the budget until they
+        // are sent (`crate::range_body`).
+        let spliced =
+            crate::range_body::SplicedRange::new(answer.grant, answer.response.wire_kvs());
         let mut resp = Resp::new(answer.response);
-        // Held until the transport has sent the response (`http::release_read_grants`).
-        resp.extensions_mut()
-            .insert(HeldGrant(std::sync::Arc::new(answer.grant)));
+        resp.extensions_mut().insert(spliced);
         Ok(resp)
     }
 
@@ -78,8 +80,3 @@ impl Kv for KvService {
         expect_response!(self.0.call(Request::Compact(msg), &md).await?, Compact)
     }
 }
-
-/// A unary Range's share of the read budget, riding in the response's extensions until the
-/// client listener ties it to the response body (`http::release_read_grants`).
-#[derive(Clone, Debug)]
-pub struct HeldGrant(pub std::sync::Arc<crate::read_budget::Grant>);

@@ -41,6 +41,10 @@ use tonic::Status;
 use super::{status, Ctx};
 use crate::read_budget::Grant;
 
+/// The largest message a member sends (grpc-go's limit, which etcd's server keeps: a gRPC
+/// message's length prefix is 32 bits); a larger unary answer fails as etcd's does.
+pub const MAX_SEND_BYTES: usize = i32::MAX as usize;
+
 /// How often a unary Range starts over after a compaction overtook it.
 pub const RESTARTS: u32 = 3;
 
@@ -201,12 +205,36 @@ impl<'a> Chunks<'a> {
 #[derive(Default)]
 pub struct EncodedRangeResponse {
     pub header: Option<ResponseHeader>,
-    /// The `kvs` fields, tag and length included; taken by the one encoding the transport
-    /// does, so the response is not held twice while it is copied out.
-    kvs: std::sync::Mutex<Vec<Bytes>>,
-    kvs_len: usize,
+    kvs: WireKvs,
     pub more: bool,
     pub count: i64,
+}
+
+/// The `kvs` fields of an [`EncodedRangeResponse`], tag and length included, one `Bytes` per
+/// chunk. Shared: the client listener takes them before the transport encodes the rest of
+/// the message and sends them as they are (`crate::range_body`); whatever is still here when
+/// the message is encoded is encoded with it (the JSON gateway's in-process calls).
+#[derive(Clone, Default)]
+pub struct WireKvs(std::sync::Arc<std::sync::Mutex<Vec<Bytes>>>);
+
+impl WireKvs {
+    /// The chunks, leaving none.
+    pub fn take(&self) -> Vec<Bytes> {
+        std::mem::take(&mut *self.0.lock().expect("kvs lock"))
+    }
+
+    fn push(&self, chunk: Bytes) {
+        self.0.lock().expect("kvs lock").push(chunk);
+    }
+
+    fn len(&self) -> usize {
+        self.0
+            .lock()
+            .expect("kvs lock")
+            .iter()
+            .map(Bytes::len)
+            .sum()
+    }
 }
 
 const KVS_TAG: u32 = 2;
@@ -224,8 +252,7 @@ impl EncodedRangeResponse {
             encode_varint(kv.len() as u64, &mut buf);
             buf.put_slice(kv);
         }
-        self.kvs_len += len;
-        self.kvs.get_mut().expect("kvs lock").push(buf.freeze());
+        self.kvs.push(buf.freeze());
     }
 
     /// The bytes this response takes on the wire.
@@ -233,10 +260,15 @@ impl EncodedRangeResponse {
         self.encoded_len()
     }
 
+    /// Its key-values' wire bytes, for the transport to send as they are.
+    pub fn wire_kvs(&self) -> WireKvs {
+        self.kvs.clone()
+    }
+
     /// The response as key-values (the JSON gateway's and the simulator's form).
     pub fn into_range_response(self) -> Result<RangeResponse, prost::DecodeError> {
         let mut kvs = Vec::new();
-        for chunk in self.kvs.into_inner().expect("kvs lock") {
+        for chunk in self.kvs.take() {
             let wrapped = RangeResponse::decode(chunk)?;
             kvs.extend(wrapped.kvs);
         }
@@ -253,7 +285,7 @@ impl std::fmt::Debug for EncodedRangeResponse {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EncodedRangeResponse")
             .field("header", &self.header)
-            .field("kvs_len", &self.kvs_len)
+            .field("kvs_len", &self.kvs.len())
             .field("more", &self.more)
             .field("count", &self.count)
             .finish()
@@ -265,12 +297,8 @@ impl Message for EncodedRangeResponse {
         if let Some(header) = &self.header {
             prost::encoding::message::encode(1, header, buf);
         }
-        let chunks = std::mem::take(&mut *self.kvs.lock().expect("kvs lock"));
-        assert!(
-            chunks.iter().map(Bytes::len).sum::<usize>() == self.kvs_len,
-            "an encoded range response is encoded once"
-        );
-        for chunk in chunks {
+        // Taken, not copied: the response is not held twice while the transport copies it.
+        for chunk in self.kvs.take() {
             buf.put_slice(&chunk);
         }
         if self.more {
@@ -300,8 +328,7 @@ impl Message for EncodedRangeResponse {
                 prost::encoding::bytes::merge(wire_type, &mut raw, buf, ctx)?;
                 let mut field = BytesMut::new();
                 prost::encoding::bytes::encode(KVS_TAG, &raw, &mut field);
-                self.kvs_len += field.len();
-                self.kvs.get_mut().expect("kvs lock").push(field.freeze());
+                self.kvs.push(field.freeze());
                 Ok(())
             }
             3 => prost::encoding::bool::merge(wire_type, &mut self.more, buf, ctx),
@@ -325,7 +352,7 @@ impl Message for EncodedRangeResponse {
         } else {
             0
         };
-        header + self.kvs_len + more + count
+        header + self.kvs.len() + more + count
     }
 
     fn clear(&mut self) {
@@ -348,6 +375,12 @@ pub async fn range(ctx: &Ctx, md: &MetadataMap, req: RangeRequest) -> Result<Ran
                 restarts += 1;
             }
             Err((e, _)) => return Err(status(e)),
+            Ok(answer) if answer.response.wire_len() > MAX_SEND_BYTES => {
+                return Err(Status::resource_exhausted(format!(
+                    "grpc: trying to send message larger than max ({} vs. {MAX_SEND_BYTES})",
+                    answer.response.wire_len()
+                )));
+            }
             Ok(answer) => return Ok(answer),
         }
     }
