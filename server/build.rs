@@ -28,13 +28,19 @@ fn main() {
             format!("::strata_engine::proto::{package}"),
         );
     }
-    // Production serves unary Range from wire bytes built chunk by chunk (`api::range`); the
-    // simulator's transport passes messages as values, so there it stays a `RangeResponse`.
+    // Production serves Range and RangeStream from wire bytes built chunk by chunk
+    // (`api::range`); the simulator's transport passes messages as values, so there they stay
+    // the generated messages.
     if std::env::var_os("CARGO_CFG_MADSIM").is_none() {
-        builder = builder.extern_path(
-            ".etcdserverpb.RangeResponse",
-            "crate::api::range::EncodedRangeResponse",
-        );
+        builder = builder
+            .extern_path(
+                ".etcdserverpb.RangeResponse",
+                "crate::api::range::EncodedRangeResponse",
+            )
+            .extern_path(
+                ".etcdserverpb.RangeStreamResponse",
+                "crate::api::range::EncodedRangeStreamResponse",
+            );
     }
     builder
         .compile_protos(&paths, &[root])

@@ -238,6 +238,16 @@ pub struct MemberFlags {
     /// Most concurrent HTTP/2 streams (gRPC calls) one client connection may have open.
     #[arg(long, env = "ETCD_MAX_CONCURRENT_STREAMS", default_value_t = u32::MAX)]
     pub max_concurrent_streams: u32,
+    /// How often a client may ping the client port (accepted; not enforced).
+    #[arg(long, env = "ETCD_GRPC_KEEPALIVE_MIN_TIME", default_value = "5s")]
+    pub grpc_keepalive_min_time: String,
+    /// Idle time after which the member pings a client connection (0: the 2h default).
+    #[arg(long, env = "ETCD_GRPC_KEEPALIVE_INTERVAL", default_value = "2h")]
+    pub grpc_keepalive_interval: String,
+    /// How long a ping, or a RangeStream message, may wait for the client before the
+    /// connection, or the stream, is cut (0: the 20s default).
+    #[arg(long, env = "ETCD_GRPC_KEEPALIVE_TIMEOUT", default_value = "20s")]
+    pub grpc_keepalive_timeout: String,
     /// Start as a one-member cluster from this member's data, discarding the other members
     /// (etcd's recovery when quorum is lost for good).
     #[arg(long, env = "ETCD_FORCE_NEW_CLUSTER", num_args = 0..=1, require_equals = true,
@@ -364,6 +374,7 @@ pub struct MemberConfig {
     pub corruption: CorruptionChecks,
     /// `--max-concurrent-streams`: HTTP/2 streams per client connection.
     pub max_concurrent_streams: u32,
+    pub grpc_keepalive: GrpcKeepalive,
     /// `--force-new-cluster`: restart as a one-member cluster.
     pub force_new_cluster: bool,
     pub advertise_client_urls: Vec<String>,
@@ -924,6 +935,46 @@ impl MemberFlags {
     }
 }
 
+/// etcd's `--grpc-keepalive-*` flags (grpc-go's server keepalive parameters).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GrpcKeepalive {
+    /// `--grpc-keepalive-min-time`: accepted for compatibility; a client's pings are
+    /// answered however often they come (grpc-go would send `too_many_pings`).
+    pub min_time: Duration,
+    /// `--grpc-keepalive-interval`: idle time before the member pings a client connection.
+    pub interval: Duration,
+    /// `--grpc-keepalive-timeout`: how long a ping may go unanswered before the connection is
+    /// closed; a RangeStream whose client takes no message for this long is cut too.
+    pub timeout: Duration,
+}
+
+impl Default for GrpcKeepalive {
+    fn default() -> GrpcKeepalive {
+        GrpcKeepalive {
+            min_time: Duration::from_secs(5),
+            interval: Duration::from_secs(2 * 3600),
+            timeout: Duration::from_secs(20),
+        }
+    }
+}
+
+impl GrpcKeepalive {
+    /// The three flags; a zero takes the default, as etcd passes a zero to grpc-go.
+    fn from_flags(min_time: &str, interval: &str, timeout: &str) -> Result<GrpcKeepalive, String> {
+        let defaults = GrpcKeepalive::default();
+        let duration = |flag: &str, value: &str, default: Duration| match value.trim() {
+            "0" | "0s" => Ok(default),
+            v => parse_duration(v)
+                .ok_or_else(|| format!("--{flag}: invalid duration {value:?} (e.g. 20s)")),
+        };
+        Ok(GrpcKeepalive {
+            min_time: duration("grpc-keepalive-min-time", min_time, defaults.min_time)?,
+            interval: duration("grpc-keepalive-interval", interval, defaults.interval)?,
+            timeout: duration("grpc-keepalive-timeout", timeout, defaults.timeout)?,
+        })
+    }
+}
+
 /// Go-style durations: `1h`, `30m`, `10s`, `1h30m`, `500ms`.
 fn parse_duration(s: &str) -> Option<Duration> {
     let mut total = Duration::ZERO;
@@ -1047,6 +1098,11 @@ impl MemberFlags {
         if self.max_concurrent_streams == 0 {
             return Err("--max-concurrent-streams must be positive".into());
         }
+        let grpc_keepalive = GrpcKeepalive::from_flags(
+            &self.grpc_keepalive_min_time,
+            &self.grpc_keepalive_interval,
+            &self.grpc_keepalive_timeout,
+        )?;
         if self.quota_backend_bytes < 0 {
             return Err("--quota-backend-bytes must not be negative".into());
         }
@@ -1107,6 +1163,7 @@ impl MemberFlags {
             progress_notify_interval: progress_notify,
             corruption,
             max_concurrent_streams: self.max_concurrent_streams,
+            grpc_keepalive,
             force_new_cluster: self.force_new_cluster,
             quota_backend_bytes: self.quota_backend_bytes,
             max_request_bytes: self.max_request_bytes,
@@ -1339,6 +1396,23 @@ mod tests {
         .expect("valid");
         assert_eq!(c.listen_metrics, vec!["http://127.0.0.1:2381"]);
         assert_eq!(c.progress_notify_interval, Duration::from_secs(5));
+        let c = flags(&[]).expect("defaults");
+        assert_eq!(c.grpc_keepalive, GrpcKeepalive::default());
+        let c = flags(&[
+            "--grpc-keepalive-interval=30s",
+            "--grpc-keepalive-timeout",
+            "0",
+            "--grpc-keepalive-min-time=1s",
+        ])
+        .expect("valid");
+        assert_eq!(c.grpc_keepalive.interval, Duration::from_secs(30));
+        assert_eq!(c.grpc_keepalive.timeout, Duration::from_secs(20));
+        assert_eq!(c.grpc_keepalive.min_time, Duration::from_secs(1));
+        let e = flags(&["--grpc-keepalive-timeout", "soon"]).unwrap_err();
+        assert!(
+            e.contains("--grpc-keepalive-timeout: invalid duration"),
+            "{e}"
+        );
         let c = flags(&[]).expect("defaults");
         assert!(c.listen_metrics.is_empty());
         assert_eq!(c.progress_notify_interval, Duration::from_secs(600));

@@ -160,6 +160,7 @@ pub async fn serve(
     ctx: Ctx,
     max_request_bytes: usize,
     max_streams: u32,
+    keepalive: crate::config::GrpcKeepalive,
     shutdown: watch::Receiver<bool>,
 ) {
     let grpc = grpc_routes(&ctx, max_request_bytes);
@@ -175,31 +176,57 @@ pub async fn serve(
         .layer(axum::middleware::from_fn(cert_user_metadata))
         .merge(crate::gateway::router(grpc, max_request_bytes))
         .merge(plain_routes(ctx.clone()));
-    serve_app(listener, app, max_streams, shutdown, "client").await;
+    serve_app(
+        listener,
+        app,
+        max_streams,
+        Some(keepalive),
+        shutdown,
+        "client",
+    )
+    .await;
 }
 
 /// Serves one `--listen-metrics-urls` listener until shutdown: `/metrics` and the health
 /// endpoints only, as etcd's metrics listeners do.
 pub async fn serve_metrics(listener: ClientListener, ctx: Ctx, shutdown: watch::Receiver<bool>) {
-    serve_app(listener, plain_routes(ctx), u32::MAX, shutdown, "metrics").await;
+    serve_app(
+        listener,
+        plain_routes(ctx),
+        u32::MAX,
+        None,
+        shutdown,
+        "metrics",
+    )
+    .await;
 }
 
 /// Serves `app` on `listener` until `shutdown` turns true, then lets requests in flight end.
 /// Each connection speaks HTTP/1.1 or HTTP/2 (gRPC), with at most `max_streams` concurrent
 /// HTTP/2 streams (`--max-concurrent-streams`, announced in the SETTINGS frame as grpc-go
-/// does), and carries its [`ClientConn`] to the handlers as axum's `ConnectInfo`.
+/// does) and, with `keepalive`, pings an idle HTTP/2 connection every interval and closes it
+/// when a ping goes unanswered for the timeout (grpc-go's server keepalive, as etcd sets it);
+/// it carries its [`ClientConn`] to the handlers as axum's `ConnectInfo`.
 async fn serve_app(
     mut listener: ClientListener,
     app: Router,
     max_streams: u32,
+    keepalive: Option<crate::config::GrpcKeepalive>,
     mut shutdown: watch::Receiver<bool>,
     what: &str,
 ) {
-    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
     use hyper_util::server::conn::auto::Builder;
     use tower::ServiceExt as _;
     let mut builder = Builder::new(TokioExecutor::new());
     builder.http2().max_concurrent_streams(max_streams);
+    if let Some(keepalive) = keepalive {
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .keep_alive_interval(keepalive.interval)
+            .keep_alive_timeout(keepalive.timeout);
+    }
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     loop {
         let (io, conn) = tokio::select! {

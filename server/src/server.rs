@@ -65,6 +65,11 @@ pub async fn start(
     cfg: MemberConfig,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(Member, tokio::task::JoinHandle<Stopped>), StartError> {
+    if cfg.grpc_keepalive.min_time != crate::config::GrpcKeepalive::default().min_time {
+        tracing::warn!(
+            "--grpc-keepalive-min-time is not enforced: clients' pings are answered however often they come"
+        );
+    }
     if let Some(wal_dir) = &cfg.wal_dir {
         tracing::warn!(
             wal_dir = %wal_dir.display(),
@@ -121,7 +126,8 @@ pub async fn start(
         0 => crate::read_budget::default_limit(),
         bytes => bytes,
     };
-    let reads = crate::api::Reads::new(read_budget, cfg.max_request_bytes as usize);
+    let reads = crate::api::Reads::new(read_budget, cfg.max_request_bytes as usize)
+        .with_stall_timeout(cfg.grpc_keepalive.timeout);
     let mut ctx = Ctx::new(handle.clone(), reads);
     ctx.bcrypt_cost = cfg.bcrypt_cost;
     ctx.tokens = tokens;
@@ -156,6 +162,7 @@ pub async fn start(
             ctx: ctx.clone(),
             max_request_bytes: cfg.max_request_bytes as usize,
             max_concurrent_streams: cfg.max_concurrent_streams,
+            keepalive: cfg.grpc_keepalive,
             initial_corrupt_check: cfg.corruption.initial,
         },
         shutdown.clone(),
@@ -198,6 +205,7 @@ struct ClientService {
     ctx: Ctx,
     max_request_bytes: usize,
     max_concurrent_streams: u32,
+    keepalive: crate::config::GrpcKeepalive,
     /// `--experimental-initial-corrupt-check`: compare with the peers before serving.
     initial_corrupt_check: bool,
 }
@@ -256,6 +264,7 @@ async fn publish_then_serve(
             service.ctx.clone(),
             service.max_request_bytes,
             service.max_concurrent_streams,
+            service.keepalive,
             shutdown.clone(),
         ));
     }

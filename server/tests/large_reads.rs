@@ -32,7 +32,11 @@ async fn range_stream(
     let mut messages = 0;
     while let Some(message) = stream.message().await? {
         messages += 1;
-        let part = message.range_response.expect("a range_response");
+        let part = message
+            .range_response
+            .expect("a range_response")
+            .into_range_response()
+            .expect("decodes");
         merged
             .merge(part.encode_to_vec().as_slice())
             .expect("a message merges");
@@ -352,5 +356,78 @@ fn a_large_read_waits_for_the_budget() {
             assert!(Instant::now() < deadline, "the budget was never released");
             tokio_real::time::sleep(Duration::from_millis(20)).await;
         }
+    });
+}
+
+/// A stream whose client stops reading is cut after `--grpc-keepalive-timeout` and releases
+/// its budget; the client, reading again, gets what was already sent and then etcd's
+/// `Unavailable`, never an end that looks complete.
+#[test]
+fn a_stalled_stream_is_cut_and_releases_its_budget() {
+    let c = Cluster::start_with(
+        1,
+        &[
+            "--max-request-bytes",
+            "16384",
+            "--grpc-keepalive-timeout",
+            "2s",
+        ],
+    );
+    let url = c.members[0].client_url();
+    runtime().block_on(async {
+        let mut client = Client::connect([url.clone()], None).await.expect("connect");
+        // 4 MB: more than the 2 MiB a client's HTTP/2 stream window takes unread.
+        for i in 0..400 {
+            client
+                .put(format!("k{i:04}"), value(i, 10_000), None)
+                .await
+                .unwrap();
+        }
+        let all = RangeRequest {
+            key: b"k".to_vec(),
+            range_end: b"l".to_vec(),
+            ..Default::default()
+        };
+        let mut kv = KvClient::connect(url.clone()).await.expect("connect");
+        let mut stalled = kv.range_stream(all).await.unwrap().into_inner();
+        stalled.message().await.unwrap().expect("the header");
+        assert!(metric(&url, "strata_read_bytes_in_flight") > 0);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while metric(&url, "strata_read_bytes_in_flight") != 0 {
+            assert!(
+                Instant::now() < deadline,
+                "the stalled stream was never cut"
+            );
+            tokio_real::time::sleep(Duration::from_millis(100)).await;
+        }
+        let mut received = 0;
+        let cut = loop {
+            match stalled.message().await {
+                Ok(Some(message)) => {
+                    let part = message.range_response.expect("a range_response");
+                    received += part.into_range_response().expect("decodes").kvs.len();
+                }
+                Ok(None) => panic!("a cut stream ended as if complete ({received} keys)"),
+                Err(status) => break status,
+            }
+        };
+        assert!(received < 400, "the stream was cut before its end");
+        assert_eq!(cut.code(), tonic::Code::Unavailable);
+        assert_eq!(cut.message(), strata_server::api::range::STALLED_MESSAGE);
+        // The member serves on.
+        assert_eq!(
+            range(
+                &url,
+                RangeRequest {
+                    key: b"k".to_vec(),
+                    range_end: b"l".to_vec(),
+                    ..Default::default()
+                }
+            )
+            .await
+            .kvs
+            .len(),
+            400
+        );
     });
 }

@@ -156,6 +156,9 @@ pub struct Reads {
     /// sending a chunk takes the time it takes; the simulator sets it, since there a chunk
     /// takes no simulated time and writes could never land between two chunks.
     pub chunk_pause: std::time::Duration,
+    /// How long a RangeStream may wait for its client to take a message before it is cut and
+    /// its budget released (`--grpc-keepalive-timeout`).
+    pub stall_timeout: std::time::Duration,
 }
 
 impl Reads {
@@ -168,7 +171,14 @@ impl Reads {
             chunk_bytes: chunk_bytes.clamp(1, MAX_CHUNK_BYTES),
             first_chunk_keys: 10,
             chunk_pause: std::time::Duration::ZERO,
+            stall_timeout: crate::config::GrpcKeepalive::default().timeout,
         }
+    }
+
+    /// Cuts a RangeStream whose client takes nothing for `timeout` ([`Reads::stall_timeout`]).
+    pub fn with_stall_timeout(mut self, timeout: std::time::Duration) -> Reads {
+        self.stall_timeout = timeout;
+        self
     }
 
     /// Waits `pause` between two chunks of a read (see [`Reads::chunk_pause`]).

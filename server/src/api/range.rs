@@ -10,13 +10,15 @@
 //! twice the target. Requests that must see every key before answering (any sort but key
 //! order, revision filters) or that name one key are read in one piece, as etcd 3.7 does.
 //!
-//! Unary Range encodes each chunk's key-values straight into the response's wire bytes and
-//! drops them ([`EncodedRangeResponse`]), so a response exists once, not as key-values and
-//! again as protobuf. Its bytes are held against the [`ReadBudget`] from the moment its size
-//! is known (after the first chunk: bytes per key × keys to come) until the transport has
-//! sent it. RangeStream waits at its start for room for the chunks it may have queued (and
-//! holds more if its chunks turn out larger), and is cut when its client takes nothing for
-//! [`STALLED_STREAM_TIMEOUT`].
+//! The engine answers a chunk with its key-values as stored, already protobuf; unary Range
+//! keeps them as `kvs` fields ([`EncodedRangeResponse`]) and the client listener sends them as
+//! they are (`crate::range_body`), so a response exists once in memory, never as key-values
+//! nor copied into the transport's buffer. Its bytes are held against the [`ReadBudget`] from
+//! the moment its size is known (after the first chunk: bytes per key × keys to come) until
+//! the transport has taken them. RangeStream messages are built the same way
+//! ([`EncodedRangeStreamResponse`]); a stream waits at its start for room for the chunks it
+//! may have queued (and holds more if its chunks turn out larger), and is cut when its
+//! client takes nothing for `--grpc-keepalive-timeout` ([`super::Reads::stall_timeout`]).
 //!
 //! A compaction past the pinned revision between chunks makes the next chunk fail with
 //! `Compacted`. A unary Range then starts over as a new read (it was never answered, so it
@@ -29,9 +31,9 @@ use std::time::Duration;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use prost::Message;
 use strata_engine::proto::etcdserverpb::range_request::{SortOrder, SortTarget};
-use strata_engine::proto::etcdserverpb::{
-    RangeRequest, RangeResponse, RangeStreamResponse, ResponseHeader,
-};
+#[cfg(madsim)]
+use strata_engine::proto::etcdserverpb::RangeStreamResponse;
+use strata_engine::proto::etcdserverpb::{RangeRequest, RangeResponse, ResponseHeader};
 use strata_engine::proto::mvccpb::KeyValue;
 use strata_engine::request::{Counting, EncodedRange, RangeChunk, Request, Response};
 use strata_engine::EtcdError;
@@ -47,10 +49,6 @@ pub const MAX_SEND_BYTES: usize = i32::MAX as usize;
 
 /// How often a unary Range starts over after a compaction overtook it.
 pub const RESTARTS: u32 = 3;
-
-/// A RangeStream whose client takes no message for this long is cut and its budget released
-/// (etcd's default `--grpc-keepalive-timeout`).
-pub const STALLED_STREAM_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Chunks of a RangeStream that may be queued between this member and its client (the channel
 /// and the transport's buffer), each holding its bytes of the budget.
@@ -458,6 +456,7 @@ pub async fn range_stream(
         let tx = Sender {
             tx,
             stalled: producer_stalled,
+            timeout: ctx.reads.stall_timeout,
         };
         let mut chunks = Chunks {
             ctx: &ctx,
@@ -478,12 +477,14 @@ pub async fn range_stream(
             .await;
         let mut recent: VecDeque<u64> = VecDeque::new();
         let header = first.header.unwrap_or_default();
-        let opening = RangeResponse {
+        let opening = EncodedRange {
             header: Some(ResponseHeader {
                 revision: 0,
                 ..header
             }),
-            ..RangeResponse::default()
+            kvs: Vec::new(),
+            more: false,
+            count: 0,
         };
         let count = first.count;
         let mut next = Some(Ok(EncodedRange {
@@ -494,10 +495,7 @@ pub async fn range_stream(
             count: 0,
             ..first
         }));
-        let opening = RangeStreamResponse {
-            range_response: Some(opening),
-        };
-        if send(&tx, Ok(opening)).await.is_err() {
+        if send(&tx, stream_message(opening)).await.is_err() {
             return;
         }
         while let Some(chunk) = next.take() {
@@ -525,9 +523,7 @@ pub async fn range_stream(
             }
             recent.push_back(chunk.kvs.iter().map(Vec::len).sum::<usize>() as u64);
             grant.grow_to(recent.iter().sum());
-            let message = decoded(chunk).map(|r| RangeStreamResponse {
-                range_response: Some(r),
-            });
+            let message = stream_message(chunk);
             let failed = message.is_err();
             if send(&tx, message).await.is_err() || failed {
                 return;
@@ -548,25 +544,90 @@ pub async fn range_stream(
     Ok(Box::pin(messages))
 }
 
-/// A chunk as the key-values a `RangeStreamResponse` carries.
-fn decoded(chunk: EncodedRange) -> Result<RangeResponse, Status> {
+/// A RangeStream message as the transport sends it: its key-values as the engine read them
+/// (production), or decoded (the simulator's transport passes messages as values).
+#[cfg(not(madsim))]
+pub type StreamMessage = EncodedRangeStreamResponse;
+#[cfg(madsim)]
+pub type StreamMessage = RangeStreamResponse;
+
+#[cfg(not(madsim))]
+fn stream_message(chunk: EncodedRange) -> Result<StreamMessage, Status> {
+    let mut range_response = EncodedRangeResponse {
+        header: chunk.header,
+        more: chunk.more,
+        count: chunk.count,
+        ..EncodedRangeResponse::default()
+    };
+    range_response.push_kvs(&chunk.kvs);
+    Ok(EncodedRangeStreamResponse {
+        range_response: Some(range_response),
+    })
+}
+
+#[cfg(madsim)]
+fn stream_message(chunk: EncodedRange) -> Result<StreamMessage, Status> {
     let kvs = chunk
         .kvs
         .iter()
         .map(|kv| KeyValue::decode(&kv[..]))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|_| status(EtcdError::Corrupt))?;
-    Ok(RangeResponse {
-        header: chunk.header,
-        kvs,
-        more: chunk.more,
-        count: chunk.count,
+    Ok(RangeStreamResponse {
+        range_response: Some(RangeResponse {
+            header: chunk.header,
+            kvs,
+            more: chunk.more,
+            count: chunk.count,
+        }),
     })
+}
+
+/// A `RangeStreamResponse` whose key-values are wire bytes ([`EncodedRangeResponse`]).
+#[derive(Debug, Default)]
+pub struct EncodedRangeStreamResponse {
+    pub range_response: Option<EncodedRangeResponse>,
+}
+
+impl Message for EncodedRangeStreamResponse {
+    fn encode_raw(&self, buf: &mut impl BufMut) {
+        if let Some(range_response) = &self.range_response {
+            prost::encoding::message::encode(1, range_response, buf);
+        }
+    }
+
+    fn merge_field(
+        &mut self,
+        tag: u32,
+        wire_type: prost::encoding::WireType,
+        buf: &mut impl Buf,
+        ctx: prost::encoding::DecodeContext,
+    ) -> Result<(), prost::DecodeError> {
+        match tag {
+            1 => prost::encoding::message::merge(
+                wire_type,
+                self.range_response.get_or_insert_with(Default::default),
+                buf,
+                ctx,
+            ),
+            _ => prost::encoding::skip_field(wire_type, tag, buf, ctx),
+        }
+    }
+
+    fn encoded_len(&self) -> usize {
+        self.range_response
+            .as_ref()
+            .map_or(0, |r| prost::encoding::message::encoded_len(1, r))
+    }
+
+    fn clear(&mut self) {
+        self.range_response = None;
+    }
 }
 
 /// The messages of a RangeStream, as tonic serves them.
 pub type RangeStream =
-    std::pin::Pin<Box<dyn futures::Stream<Item = Result<RangeStreamResponse, Status>> + Send>>;
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<StreamMessage, Status>> + Send>>;
 
 /// What a client of a stream cut for stalling reads once it reads again.
 pub const STALLED_MESSAGE: &str =
@@ -574,14 +635,15 @@ pub const STALLED_MESSAGE: &str =
 
 /// The producing end of a RangeStream.
 struct Sender {
-    tx: tokio::sync::mpsc::Sender<Result<RangeStreamResponse, Status>>,
+    tx: tokio::sync::mpsc::Sender<Result<StreamMessage, Status>>,
     stalled: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    timeout: Duration,
 }
 
 /// Sends one message of a stream; an error if the client went away or took nothing for
-/// [`STALLED_STREAM_TIMEOUT`] (then the stream is marked cut, and ends with an error).
-async fn send(tx: &Sender, message: Result<RangeStreamResponse, Status>) -> Result<(), ()> {
-    match tokio::time::timeout(STALLED_STREAM_TIMEOUT, tx.tx.send(message)).await {
+/// its timeout (then the stream is marked cut, and ends with an error).
+async fn send(tx: &Sender, message: Result<StreamMessage, Status>) -> Result<(), ()> {
+    match tokio::time::timeout(tx.timeout, tx.tx.send(message)).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(_)) => Err(()),
         Err(_) => {
