@@ -26,6 +26,7 @@
 //!   request stream open until the HTTP client disconnects (its response body is dropped).
 
 mod json;
+mod range;
 
 use axum::body::Body;
 use axum::extract::State;
@@ -80,7 +81,7 @@ fn routes() -> Router<Gateway> {
     use BodyEnd::*;
     Router::new()
         // KV
-        .route("/v3/kv/range", unary::<pb::RangeRequest, pb::RangeResponse>("/etcdserverpb.KV/Range"))
+        .route("/v3/kv/range", range_unary())
         .route("/v3/kv/put", unary::<pb::PutRequest, pb::PutResponse>("/etcdserverpb.KV/Put"))
         .route("/v3/kv/deleterange", unary::<pb::DeleteRangeRequest, pb::DeleteRangeResponse>("/etcdserverpb.KV/DeleteRange"))
         .route("/v3/kv/txn", unary::<pb::TxnRequest, pb::TxnResponse>("/etcdserverpb.KV/Txn"))
@@ -147,8 +148,32 @@ trait Resp: Message + Serialize + Default + Send + Sync + 'static {}
 impl<T: Message + Serialize + Default + Send + Sync + 'static> Resp for T {}
 
 fn unary<Q: Req, A: Resp>(method: &'static str) -> MethodRouter<Gateway> {
-    endpoint(
-        move |gw: Gateway, headers: HeaderMap, body: Body| async move {
+    unary_answering::<Q, A, _>(method, |answer| json::message(answer.get_ref()))
+}
+
+/// `/v3/kv/range`: as [`unary`], but the answer keeps its key-values as wire bytes until its
+/// JSON is written, a batch at a time ([`range`]); the call's extensions (its share of the
+/// read budget) live as long as the body.
+fn range_unary() -> MethodRouter<Gateway> {
+    unary_answering::<pb::RangeRequest, crate::api::range::EncodedRangeResponse, _>(
+        "/etcdserverpb.KV/Range",
+        |answer| {
+            let (_, answer, extensions) = answer.into_parts();
+            range::response(answer, extensions)
+        },
+    )
+}
+
+/// A unary call whose answer `render` turns into the HTTP response.
+fn unary_answering<Q, A, F>(method: &'static str, render: F) -> MethodRouter<Gateway>
+where
+    Q: Req,
+    A: Message + Default + Send + Sync + 'static,
+    F: Fn(tonic::Response<A>) -> Response + Clone + Send + Sync + 'static,
+{
+    endpoint(move |gw: Gateway, headers: HeaderMap, body: Body| {
+        let render = render.clone();
+        async move {
             let mut msgs = json::Messages::new(body, gw.message_bytes_max);
             let msg: Q = match msgs.first_or_default().await {
                 Ok(m) => m,
@@ -161,11 +186,11 @@ fn unary<Q: Req, A: Resp>(method: &'static str) -> MethodRouter<Gateway> {
                 ProstCodec::<Q, A>::default(),
             );
             match call.await {
-                Ok(answer) => json::message(answer.get_ref()),
+                Ok(answer) => render(answer),
                 Err(s) => json::error(&s),
             }
-        },
-    )
+        }
+    })
 }
 
 fn server_stream<Q: Req, A: Resp>(method: &'static str) -> MethodRouter<Gateway> {
