@@ -30,6 +30,12 @@ use crate::read_budget::Grant;
 /// gRPC's message prefix: a compressed flag and a big-endian 32-bit length.
 const PREFIX_LEN: usize = 5;
 
+/// Chunks are copied into the message's first DATA frame while it stays under this, so a
+/// small answer goes out as one frame, as tonic sends it. (Clients count small frames: h2
+/// sends GOAWAY `too_many_data_frames` to a peer that floods it with them, and counts every
+/// empty one for good; no frame here is empty.)
+const FIRST_FRAME_BYTES: usize = 16 * 1024;
+
 /// A unary Range's budget and key-value chunks, riding in the response's extensions until
 /// the client listener builds the body ([`splice`]). Extensions must be `Clone`; the parts are
 /// taken once.
@@ -75,7 +81,8 @@ struct SplicedBody {
 }
 
 impl SplicedBody {
-    fn new(inner: Body, chunks: VecDeque<Bytes>, grant: Grant) -> SplicedBody {
+    fn new(inner: Body, mut chunks: VecDeque<Bytes>, grant: Grant) -> SplicedBody {
+        chunks.retain(|c| !c.is_empty());
         let chunks_len = chunks.iter().map(Bytes::len).sum();
         SplicedBody {
             inner,
@@ -86,9 +93,10 @@ impl SplicedBody {
         }
     }
 
-    /// tonic's message with the chunks' length added to its prefix, once all of it is in
-    /// `got`; an error if it is not a message this body can extend.
-    fn extended_message(&self, got: &mut BytesMut) -> Option<Result<Bytes, axum::Error>> {
+    /// tonic's message with the chunks' length added to its prefix, and the first chunks if
+    /// they are small, once all of it is in `got`; an error if it is not a message this body
+    /// can extend.
+    fn extended_message(&mut self, got: &mut BytesMut) -> Option<Result<Bytes, axum::Error>> {
         if got.len() < PREFIX_LEN {
             return None;
         }
@@ -106,10 +114,20 @@ impl SplicedBody {
                 "a range answer is larger than a gRPC message can be",
             )));
         };
-        let mut message = BytesMut::with_capacity(PREFIX_LEN + len);
+        let mut message = BytesMut::with_capacity(FIRST_FRAME_BYTES.max(PREFIX_LEN + len));
         message.put_u8(0);
         message.put_u32(total);
         message.put_slice(&got[PREFIX_LEN..]);
+        while let Some(chunk) = self.chunks.front() {
+            if message.len() + chunk.len() > FIRST_FRAME_BYTES {
+                break;
+            }
+            message.put_slice(chunk);
+            self.chunks_len -= chunk.len();
+            self.chunks.pop_front();
+        }
+        self.grant
+            .shrink_to((self.chunks_len + message.len()) as u64);
         Some(Ok(message.freeze()))
     }
 }
@@ -263,28 +281,46 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn budget_shrinks_as_chunks_are_handed_over_and_a_failed_call_passes() {
+    async fn small_chunks_ride_the_first_frame_none_is_empty_and_the_budget_shrinks() {
         let budget = ReadBudget::new(1 << 20);
-        let chunks: VecDeque<Bytes> =
-            vec![Bytes::from(vec![1; 300]), Bytes::from(vec![2; 200])].into();
+        let sizes = [100, 0, 200, 20_000, 30];
+        let chunks: VecDeque<Bytes> = sizes.iter().map(|&n| Bytes::from(vec![7; n])).collect();
         let mut body = SplicedBody::new(
             tonic_body(RangeResponse::default()),
             chunks,
-            budget.force(505),
+            budget.force(20_335),
         );
-        let prefix = body.frame().await.unwrap().unwrap().into_data().unwrap();
-        assert_eq!(&prefix[..], &[0, 0, 0, 1, 244]);
-        body.frame().await.unwrap().unwrap();
+        // The small chunks ride in the first frame; the large one goes as it is.
+        let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(first.len(), PREFIX_LEN + 300);
+        assert_eq!(first[0], 0);
+        assert_eq!(&first[1..PREFIX_LEN], &20_330u32.to_be_bytes());
         assert_eq!(
             budget.usage().in_use,
-            500,
-            "all to send, the first in flight"
+            20_335,
+            "what is to send and what was handed over"
         );
-        body.frame().await.unwrap().unwrap();
-        assert_eq!(budget.usage().in_use, 200);
+        let large = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(large.len(), 20_000);
+        assert_eq!(budget.usage().in_use, 20_030);
+        let last = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(last.len(), 30, "no frame is empty");
+        assert_eq!(budget.usage().in_use, 30);
         assert!(body.frame().await.unwrap().unwrap().is_trailers());
         drop(body);
         assert_eq!(budget.usage().in_use, 0);
+
+        // A small answer is one frame, as tonic sends it.
+        let chunks: VecDeque<Bytes> = vec![Bytes::from(vec![1; 300]), Bytes::new()].into();
+        let mut body = SplicedBody::new(
+            tonic_body(RangeResponse::default()),
+            chunks,
+            budget.force(305),
+        );
+        let only = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(only.len(), PREFIX_LEN + 300);
+        assert!(body.frame().await.unwrap().unwrap().is_trailers());
+        drop(body);
 
         // A call that failed sends trailers only: they pass, the chunks are dropped.
         let mut trailers = axum::http::HeaderMap::new();

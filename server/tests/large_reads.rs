@@ -431,3 +431,27 @@ fn a_stalled_stream_is_cut_and_releases_its_budget() {
         );
     });
 }
+
+/// Rust clients (h2) send GOAWAY `too_many_data_frames` to a server that sends them more than
+/// 100 empty DATA frames on a connection, and count small ones: gets that find nothing, and
+/// gets of one small key, hundreds of them over one connection, all succeed.
+#[test]
+fn many_small_answers_share_one_connection() {
+    let c = Cluster::start(1);
+    let url = c.members[0].client_url();
+    runtime().block_on(async {
+        let mut client = Client::connect([url.clone()], None).await.expect("connect");
+        client.put("present", "v", None).await.unwrap();
+        for i in 0..300 {
+            let missing = client.get(format!("missing{i}"), None).await.expect("get");
+            assert!(missing.kvs().is_empty());
+            let present = client.get("present", None).await.expect("get");
+            assert_eq!(present.kvs()[0].value(), b"v");
+            let prefix = client
+                .get("missing", Some(GetOptions::new().with_prefix()))
+                .await
+                .expect("range");
+            assert_eq!(prefix.count(), 0);
+        }
+    });
+}

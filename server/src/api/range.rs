@@ -241,6 +241,9 @@ impl EncodedRangeResponse {
     /// Appends key-values given as encoded `mvccpb.KeyValue`s, as `kvs` fields.
     fn push_kvs(&mut self, kvs: &[Vec<u8>]) {
         use prost::encoding::{encode_key, encode_varint, encoded_len_varint, key_len, WireType};
+        if kvs.is_empty() {
+            return;
+        }
         let field_len =
             |kv: &Vec<u8>| key_len(KVS_TAG) + encoded_len_varint(kv.len() as u64) + kv.len();
         let len: usize = kvs.iter().map(field_len).sum();
