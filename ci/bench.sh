@@ -12,6 +12,9 @@
 # the slowest whole second over the median second of the worst run (a stall shows there), and
 # BENCH_LONG=1 adds a 60 s put run at 100 clients whose per-second series is printed.
 #   bash ci/bench.sh [--tls] [report.md]      default: $CARGO_TARGET_DIR/bench-report.md
+#   bash ci/bench.sh --large-reads              the large-read case (ci/bench-large-reads.sh:
+#                                               100,000 x 2 KiB, 16 and 64 full readers, 1 and
+#                                               3 members, peak RSS and a small-get p99)
 # --tls: both clusters with client and peer TLS and client-certificate auth on both ports
 # (kubeadm's etcd set-up, certificates from ci/certs.sh), the load generator presenting a
 # client certificate.
@@ -22,6 +25,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/strata/target}"
+if [ "${1:-}" = --large-reads ]; then exec bash ci/bench-large-reads.sh; fi
 tls=false
 if [ "${1:-}" = --tls ]; then tls=true; shift; fi
 report_md="${1:-$CARGO_TARGET_DIR/bench-report.md}"

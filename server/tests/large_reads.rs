@@ -55,6 +55,23 @@ async fn range(url: &str, req: RangeRequest) -> RangeResponse {
         .expect("decodes")
 }
 
+/// Puts 400 keys `k0000`.. of 10 KB: 4 MB, more than the 2 MiB a client's HTTP/2 stream
+/// window takes unread. Returns the range of them all.
+async fn put_more_than_a_stream_window(url: &str) -> RangeRequest {
+    let mut client = Client::connect([url], None).await.expect("connect");
+    for i in 0..400 {
+        client
+            .put(format!("k{i:04}"), value(i, 10_000), None)
+            .await
+            .unwrap();
+    }
+    RangeRequest {
+        key: b"k".to_vec(),
+        range_end: b"l".to_vec(),
+        ..Default::default()
+    }
+}
+
 #[test]
 fn chunked_reads_answer_what_one_read_would() {
     let c = Cluster::start_with(1, CHUNKY);
@@ -312,20 +329,8 @@ fn a_large_read_waits_for_the_budget() {
     );
     let url = c.members[0].client_url();
     runtime().block_on(async {
-        let mut client = Client::connect([url.clone()], None).await.expect("connect");
-        // 4 MB: more than the 2 MiB a client's HTTP/2 stream window takes unread.
-        for i in 0..400 {
-            client
-                .put(format!("k{i:04}"), value(i, 10_000), None)
-                .await
-                .unwrap();
-        }
+        let all = put_more_than_a_stream_window(&url).await;
         assert_eq!(metric(&url, "strata_read_bytes_in_flight_limit"), 65536);
-        let all = RangeRequest {
-            key: b"k".to_vec(),
-            range_end: b"l".to_vec(),
-            ..Default::default()
-        };
         // Open a stream and read only its first message.
         let mut kv = KvClient::connect(url.clone()).await.expect("connect");
         let mut stalled = kv.range_stream(all.clone()).await.unwrap().into_inner();
@@ -375,21 +380,9 @@ fn a_stalled_stream_is_cut_and_releases_its_budget() {
     );
     let url = c.members[0].client_url();
     runtime().block_on(async {
-        let mut client = Client::connect([url.clone()], None).await.expect("connect");
-        // 4 MB: more than the 2 MiB a client's HTTP/2 stream window takes unread.
-        for i in 0..400 {
-            client
-                .put(format!("k{i:04}"), value(i, 10_000), None)
-                .await
-                .unwrap();
-        }
-        let all = RangeRequest {
-            key: b"k".to_vec(),
-            range_end: b"l".to_vec(),
-            ..Default::default()
-        };
+        let all = put_more_than_a_stream_window(&url).await;
         let mut kv = KvClient::connect(url.clone()).await.expect("connect");
-        let mut stalled = kv.range_stream(all).await.unwrap().into_inner();
+        let mut stalled = kv.range_stream(all.clone()).await.unwrap().into_inner();
         stalled.message().await.unwrap().expect("the header");
         assert!(metric(&url, "strata_read_bytes_in_flight") > 0);
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -415,20 +408,7 @@ fn a_stalled_stream_is_cut_and_releases_its_budget() {
         assert_eq!(cut.code(), tonic::Code::Unavailable);
         assert_eq!(cut.message(), strata_server::api::range::STALLED_MESSAGE);
         // The member serves on.
-        assert_eq!(
-            range(
-                &url,
-                RangeRequest {
-                    key: b"k".to_vec(),
-                    range_end: b"l".to_vec(),
-                    ..Default::default()
-                }
-            )
-            .await
-            .kvs
-            .len(),
-            400
-        );
+        assert_eq!(range(&url, all).await.kvs.len(), 400);
     });
 }
 
