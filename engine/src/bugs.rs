@@ -54,10 +54,15 @@ pub enum Bug {
     /// revision instead of the first chunk's, so a range that straddles a write mixes two
     /// revisions under one header (what etcd 3.7's RangeStream pins its revision against).
     RangeChunksUnpinned,
+    /// A keep-alive of a lease whose remaining TTL was checkpointed is answered at once, without
+    /// replicating the checkpoint's reset (etcd #13294): a leader elected before the next
+    /// checkpoint restores the stale remaining TTL and expires the lease before the TTL the
+    /// client was just promised.
+    CheckpointNotReset,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 17] = [
+    pub const ALL: [Bug; 18] = [
         Bug::SkipFsync,
         Bug::VoteNotPersisted,
         Bug::SerializableAsLinearizable,
@@ -75,6 +80,7 @@ impl Bug {
         Bug::StaleTailAfterSnapshot,
         Bug::AppendKeepsStaleSuffix,
         Bug::RangeChunksUnpinned,
+        Bug::CheckpointNotReset,
     ];
 
     /// The kebab-case name the simulator's `--bug` takes.
@@ -97,6 +103,7 @@ impl Bug {
             Bug::StaleTailAfterSnapshot => "stale-tail-after-snapshot",
             Bug::AppendKeepsStaleSuffix => "append-keeps-stale-suffix",
             Bug::RangeChunksUnpinned => "range-chunks-unpinned",
+            Bug::CheckpointNotReset => "checkpoint-not-reset",
         }
     }
 

@@ -1902,7 +1902,10 @@ impl<B: KvBackend> Node<B> {
                 self.respond_lease_gone(id, lease)
             }
             Err(RenewRefused::Expired) => self.park_keep_alive(k),
-            Ok(renewal) if renewal.needs_checkpoint_reset => {
+            Ok(renewal)
+                if renewal.needs_checkpoint_reset
+                    && !bugs::active(self.config.bug, Bug::CheckpointNotReset) =>
+            {
                 // A checkpointed remaining TTL would let a new leader expire the lease before the
                 // TTL just promised: replicate the reset before answering (etcd #13294).
                 let cps = LeaseCheckpoints {

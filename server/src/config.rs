@@ -169,6 +169,22 @@ pub struct MemberFlags {
         default_value = "10m"
     )]
     pub experimental_watch_progress_notify_interval: String,
+    /// How often the leader replicates each lease's remaining TTL, so a leader change does not
+    /// restart it from its full TTL (Go duration).
+    #[arg(
+        long,
+        env = "ETCD_EXPERIMENTAL_LEASE_CHECKPOINT_INTERVAL",
+        default_value = "5m"
+    )]
+    pub experimental_lease_checkpoint_interval: String,
+    /// Accepted for compatibility: Strata always checkpoints leases.
+    #[arg(long, env = "ETCD_EXPERIMENTAL_ENABLE_LEASE_CHECKPOINT", num_args = 0..=1, require_equals = true,
+          default_value_t = false, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub experimental_enable_lease_checkpoint: bool,
+    /// Accepted for compatibility: Strata always persists lease checkpoints.
+    #[arg(long, env = "ETCD_EXPERIMENTAL_ENABLE_LEASE_CHECKPOINT_PERSIST", num_args = 0..=1, require_equals = true,
+          default_value_t = false, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub experimental_enable_lease_checkpoint_persist: bool,
     /// Raise an alarm when the backend exceeds this many bytes (0: the 2 GiB default).
     #[arg(long, env = "ETCD_QUOTA_BACKEND_BYTES", default_value_t = 0)]
     pub quota_backend_bytes: i64,
@@ -371,6 +387,8 @@ pub struct MemberConfig {
     pub listen_metrics: Vec<String>,
     /// How often a watch created with `progress_notify` gets an empty progress response.
     pub progress_notify_interval: Duration,
+    /// `--experimental-lease-checkpoint-interval` (checkpoints are always on, and persisted).
+    pub lease_checkpoint_interval: Duration,
     pub corruption: CorruptionChecks,
     /// `--max-concurrent-streams`: HTTP/2 streams per client connection.
     pub max_concurrent_streams: u32,
@@ -1091,6 +1109,13 @@ impl MemberFlags {
                     self.experimental_watch_progress_notify_interval
                 )
             })?;
+        let lease_checkpoint_interval =
+            parse_duration(&self.experimental_lease_checkpoint_interval).ok_or_else(|| {
+                format!(
+                    "--experimental-lease-checkpoint-interval: invalid duration {:?} (e.g. 5m)",
+                    self.experimental_lease_checkpoint_interval
+                )
+            })?;
         if !self.strict_reconfig_check {
             return Err("--strict-reconfig-check=false is not supported: strata always refuses a reconfiguration that would lose quorum".into());
         }
@@ -1161,6 +1186,7 @@ impl MemberFlags {
             snapshot_catch_up_entries: self.experimental_snapshot_catchup_entries,
             listen_metrics,
             progress_notify_interval: progress_notify,
+            lease_checkpoint_interval,
             corruption,
             max_concurrent_streams: self.max_concurrent_streams,
             grpc_keepalive,
@@ -1398,6 +1424,19 @@ mod tests {
         assert_eq!(c.progress_notify_interval, Duration::from_secs(5));
         let c = flags(&[]).expect("defaults");
         assert_eq!(c.grpc_keepalive, GrpcKeepalive::default());
+        assert_eq!(c.lease_checkpoint_interval, Duration::from_secs(300));
+        let c = flags(&[
+            "--experimental-enable-lease-checkpoint",
+            "--experimental-enable-lease-checkpoint-persist=true",
+            "--experimental-lease-checkpoint-interval=2s",
+        ])
+        .expect("valid");
+        assert_eq!(c.lease_checkpoint_interval, Duration::from_secs(2));
+        let e = flags(&["--experimental-lease-checkpoint-interval", "0"]).unwrap_err();
+        assert!(
+            e.contains("lease-checkpoint-interval: invalid duration"),
+            "{e}"
+        );
         let c = flags(&[
             "--grpc-keepalive-interval=30s",
             "--grpc-keepalive-timeout",

@@ -99,6 +99,7 @@ pub fn engine_config(
         snapshot_count: cfg.snapshot_count,
         snapshot_catch_up_entries: cfg.snapshot_catch_up_entries,
         progress_notify_interval_ms: cfg.progress_notify_interval.as_millis() as u64,
+        lease_checkpoint_interval_ms: cfg.lease_checkpoint_interval.as_millis() as u64,
         ..Limits::default()
     };
     config.bug = bug;

@@ -188,6 +188,10 @@ impl Members {
                 "--experimental-snapshot-catchup-entries",
                 c.snapshot_catch_up_entries.to_string(),
             ),
+            (
+                "--experimental-lease-checkpoint-interval",
+                format!("{}ms", c.lease_checkpoint_interval.0.as_millis()),
+            ),
             // Hashing passwords at etcd's cost would dominate simulated CPU time.
             ("--bcrypt-cost", "4".to_string()),
         ];

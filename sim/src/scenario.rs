@@ -421,6 +421,10 @@ pub struct Cluster {
     /// `--experimental-snapshot-catchup-entries`, 5000); a member further behind is sent a
     /// snapshot. Small values make catching up by snapshot common.
     pub snapshot_catch_up_entries: u64,
+    /// etcd's `--experimental-lease-checkpoint-interval` (5 minutes): how often the leader
+    /// replicates each lease's remaining TTL. Short values make checkpoints, their reset by
+    /// keep-alives and their use by a new leader happen within a run.
+    pub lease_checkpoint_interval: Span,
 }
 
 impl Default for Cluster {
@@ -433,6 +437,7 @@ impl Default for Cluster {
             snapshot_count: 10_000,
             // The engine's `SNAPSHOT_CATCH_UP_ENTRIES`, as etcd.
             snapshot_catch_up_entries: 5_000,
+            lease_checkpoint_interval: Span::ms(5 * 60 * 1000),
         }
     }
 }
@@ -651,6 +656,9 @@ impl Scenario {
             return Err(
                 "cluster: election_timeout must be at least 5 × heartbeat (etcd's rule)".into(),
             );
+        }
+        if c.lease_checkpoint_interval.0 < Duration::from_millis(1) {
+            return Err("cluster.lease_checkpoint_interval must be at least 1ms".into());
         }
         if self.workload.clients == 0 && !self.faults.is_empty() {
             // Allowed: a fault-only run still has raft and liveness checks.

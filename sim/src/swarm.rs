@@ -364,6 +364,11 @@ pub fn scenario(seed: u64) -> Scenario {
         workload.mix.lock = d.range(0, 8) as u32;
         workload.mix.election = d.range(0, 8) as u32;
     }
+    // Lease checkpoints fire within a run (etcd's default interval, 5 minutes, never does):
+    // remaining TTLs are replicated, reset by keep-alives and restored by new leaders.
+    if d.chance(0.5) {
+        cluster.lease_checkpoint_interval = Span::ms(d.range(500, 5_000));
+    }
     let names: Vec<String> = families
         .iter()
         .map(|f| format!("{f:?}").to_lowercase())
