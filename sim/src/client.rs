@@ -842,6 +842,7 @@ pub struct WatcherPlan {
     pub end: Vec<u8>,
     pub prev_kv: bool,
     pub filter_deletes: bool,
+    pub progress_notify: bool,
     pub silence: Duration,
     pub stop_at: tokio::time::Instant,
     pub recorder: Recorder,
@@ -863,7 +864,7 @@ pub async fn watcher_main(plan: WatcherPlan) {
             prev_kv: plan.prev_kv,
             filter_puts: false,
             filter_deletes: plan.filter_deletes,
-            progress_notify: false,
+            progress_notify: plan.progress_notify,
             invoke: rec.now(),
             created_revision: None,
             responses: vec![],
@@ -907,6 +908,7 @@ async fn watch_once(plan: &WatcherPlan, watch: &mut Watch) -> WatchEnd {
             start_revision: watch.start_revision,
             prev_kv: watch.prev_kv,
             filters,
+            progress_notify: watch.progress_notify,
             ..Default::default()
         })),
     };

@@ -192,6 +192,10 @@ impl Members {
                 "--experimental-lease-checkpoint-interval",
                 format!("{}ms", c.lease_checkpoint_interval.0.as_millis()),
             ),
+            (
+                "--experimental-watch-progress-notify-interval",
+                format!("{}ms", c.progress_notify_interval.0.as_millis()),
+            ),
             // Hashing passwords at etcd's cost would dominate simulated CPU time.
             ("--bcrypt-cost", "4".to_string()),
         ];

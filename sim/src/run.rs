@@ -220,6 +220,7 @@ async fn drive_with(s: Scenario, bug: Option<Bug>) -> (History, Vec<String>) {
             end: end.to_vec(),
             prev_kv: s.workload.watch_prev_kv || Some(w) == auditor,
             filter_deletes: s.workload.watch_prev_kv && w % 2 == 1 && Some(w) != auditor,
+            progress_notify: s.workload.watch_progress_notify,
             silence: s.workload.timeout.0,
             stop_at,
             recorder: rec.clone(),

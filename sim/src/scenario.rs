@@ -425,6 +425,9 @@ pub struct Cluster {
     /// replicates each lease's remaining TTL. Short values make checkpoints, their reset by
     /// keep-alives and their use by a new leader happen within a run.
     pub lease_checkpoint_interval: Span,
+    /// etcd's `--experimental-watch-progress-notify-interval` (10 minutes): how often a
+    /// watcher created with `progress_notify` that got no event is told where it stands.
+    pub progress_notify_interval: Span,
 }
 
 impl Default for Cluster {
@@ -438,6 +441,7 @@ impl Default for Cluster {
             // The engine's `SNAPSHOT_CATCH_UP_ENTRIES`, as etcd.
             snapshot_catch_up_entries: 5_000,
             lease_checkpoint_interval: Span::ms(5 * 60 * 1000),
+            progress_notify_interval: Span::ms(10 * 60 * 1000),
         }
     }
 }
@@ -505,6 +509,9 @@ pub struct Workload {
     pub watchers: u32,
     /// Watchers ask for `prev_kv` (and, every other one, filter out deletes).
     pub watch_prev_kv: bool,
+    /// Watchers ask for periodic progress notifications (`progress_notify`; they come every
+    /// `cluster.progress_notify_interval`).
+    pub watch_progress_notify: bool,
     /// TTL of the clients' leases; each client keeps its lease alive every ttl/3 and, with
     /// probability `lease_abandon`, stops doing so to let it expire.
     pub lease_ttl_secs: i64,
@@ -526,6 +533,7 @@ impl Default for Workload {
             mix: Mix::default(),
             watchers: 2,
             watch_prev_kv: true,
+            watch_progress_notify: false,
             lease_ttl_secs: 5,
             lease_abandon: 0.0,
             stop: None,
@@ -657,8 +665,13 @@ impl Scenario {
                 "cluster: election_timeout must be at least 5 × heartbeat (etcd's rule)".into(),
             );
         }
-        if c.lease_checkpoint_interval.0 < Duration::from_millis(1) {
-            return Err("cluster.lease_checkpoint_interval must be at least 1ms".into());
+        if c.lease_checkpoint_interval.0 < Duration::from_millis(1)
+            || c.progress_notify_interval.0 < Duration::from_millis(1)
+        {
+            return Err(
+                "cluster.lease_checkpoint_interval and progress_notify_interval must be at least 1ms"
+                    .into(),
+            );
         }
         if self.workload.clients == 0 && !self.faults.is_empty() {
             // Allowed: a fault-only run still has raft and liveness checks.

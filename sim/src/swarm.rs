@@ -369,6 +369,12 @@ pub fn scenario(seed: u64) -> Scenario {
     if d.chance(0.5) {
         cluster.lease_checkpoint_interval = Span::ms(d.range(500, 5_000));
     }
+    // Watchers ask for progress notifications, which come every 0.2-2 s instead of etcd's 10
+    // minutes: bookmarks must never run ahead of the events a watcher was sent.
+    if d.chance(0.5) {
+        cluster.progress_notify_interval = Span::ms(d.range(200, 2_000));
+        workload.watch_progress_notify = true;
+    }
     let names: Vec<String> = families
         .iter()
         .map(|f| format!("{f:?}").to_lowercase())
