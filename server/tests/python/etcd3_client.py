@@ -116,9 +116,11 @@ def lease(c):
 
 
 def watch(c):
-    events, cancel = c.watch("/py/w")
+    # etcd3 opens the watch on its own thread, so the create may land after the writes: the
+    # watch starts just after a revision taken before them and replays what it missed.
+    before = c.put("/py/w-mark", "x").header.revision
+    events, cancel = c.watch("/py/w", start_revision=before + 1)
     writer = threading.Thread(target=lambda: [c.put("/py/w", str(i)) for i in range(3)])
-    time.sleep(0.2)  # etcd3 opens the watch on its own thread; let the create land first
     writer.start()
     got = []
     for event in events:
@@ -153,8 +155,8 @@ def watch(c):
         if len(seen) >= 2:
             done.set()
 
-    watch_id = c.add_watch_prefix_callback("/py/cb/", callback)
-    time.sleep(0.2)
+    before = c.put("/py/cb-mark", "x").header.revision
+    watch_id = c.add_watch_prefix_callback("/py/cb/", callback, start_revision=before + 1)
     c.put("/py/cb/1", "x")
     c.put("/py/cb/2", "y")
     done.wait(10)
