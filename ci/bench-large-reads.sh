@@ -26,19 +26,9 @@ members_list="${LR_MEMBERS:-1 3}"
 systems_list="${LR_SYSTEMS:-etcd strata}"
 
 command -v etcd >/dev/null 2>&1 || bash ci/setup.sh
-cargo build --release --locked -p strata-server --bin strata
-cargo build --release --locked -p strata-bench --bin strata-bench
-work="$(mktemp -d "${TMPDIR:-/tmp}/strata-large-reads.XXXXXX")"
-cp "$CARGO_TARGET_DIR/release/strata" "$CARGO_TARGET_DIR/release/strata-bench" "$work/"
-bench="$work/strata-bench"
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-  if [ "${LR_KEEP:-0}" = 1 ]; then echo "kept $work" >&2; else rm -rf "$work"; fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+# shellcheck source=ci/bench-common.sh
+. ci/bench-common.sh
+bench_prepare large-reads "${LR_KEEP:-0}"
 
 # A gRPC frame holding RangeRequest{key: "\0", range_end: "\0"}: every key.
 printf '\x00\x00\x00\x00\x06\x0a\x01\x00\x12\x01\x00' >"$work/all.req"

@@ -61,24 +61,10 @@ fi
 command -v etcd >/dev/null 2>&1 || bash ci/setup.sh
 command -v etcd >/dev/null 2>&1 || { echo "ci/bench.sh: no etcd binary (apt: etcd-server)" >&2; exit 1; }
 command -v ss >/dev/null 2>&1 || { echo "ci/bench.sh: needs ss (apt: iproute2)" >&2; exit 1; }
-# Built one at a time so strata-server keeps its own feature set (and its cached build).
-cargo build --release --locked -p strata-server --bin strata
-cargo build --release --locked -p strata-bench --bin strata-bench
-
+# shellcheck source=ci/bench-common.sh
+. ci/bench-common.sh
+bench_prepare bench "${BENCH_KEEP:-0}"
 started=$(date +%s)
-work="$(mktemp -d "${TMPDIR:-/tmp}/strata-bench.XXXXXX")"
-# Private copies: a rebuild in the shared target dir must not swap binaries mid-run.
-cp "$CARGO_TARGET_DIR/release/strata" "$CARGO_TARGET_DIR/release/strata-bench" "$work/"
-bench="$work/strata-bench"
-pids=()
-
-cleanup() {
-  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-  if [ "${BENCH_KEEP:-0}" = 1 ]; then echo "ci/bench.sh: kept $work" >&2; else rm -rf "$work"; fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
 
 # Twelve consecutive free ports below the ephemeral range (outgoing connections take those).
 port_free() { [ -z "$(ss -Htan "( sport = :$1 )")" ]; }

@@ -359,7 +359,9 @@ fn learner_serves(request: &Request) -> bool {
     match request {
         Request::Status(_) => true,
         Request::Range(r) => r.serializable,
-        Request::RangeChunk(_) => true,
+        // A range read in chunks: its first chunk is as consistent as the client asked, the
+        // later ones serializable at the first one's revision.
+        Request::RangeChunk(c) => c.range.serializable,
         _ => false,
     }
 }
