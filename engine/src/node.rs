@@ -1071,6 +1071,8 @@ impl<B: KvBackend> Node<B> {
             return Ok(());
         };
         let mut events: Vec<Event> = Vec::new();
+        // A previous record is read only for a watcher that will send it.
+        self.sm.mvcc.set_fill_prev_kv(self.watch.wants_prev_kv());
         for entry in &entries {
             if entry.index <= self.sm.applied().0 .0 {
                 continue; // already in the backend before a restart

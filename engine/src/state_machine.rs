@@ -313,12 +313,12 @@ impl<B: KvBackend> StateMachine<B> {
                 let (resp, events) = self
                     .mvcc
                     .put(&self.backend, &put, &|id| lessor.contains(id))?;
-                self.track_leases(&events);
+                self.track_leases();
                 Ok((Done(Box::new(Response::Put(resp))), events))
             }
             R::DeleteRange(del) => {
                 let (resp, events) = self.mvcc.delete_range(&self.backend, &del)?;
-                self.track_leases(&events);
+                self.track_leases();
                 Ok((Done(Box::new(Response::DeleteRange(resp))), events))
             }
             R::Txn(txn) => {
@@ -329,7 +329,7 @@ impl<B: KvBackend> StateMachine<B> {
                 let (resp, events) = self
                     .mvcc
                     .txn(&self.backend, &txn, &|id| lessor.contains(id))?;
-                self.track_leases(&events);
+                self.track_leases();
                 Ok((Done(Box::new(Response::Txn(resp))), events))
             }
             R::Compaction(c) => {
@@ -351,6 +351,8 @@ impl<B: KvBackend> StateMachine<B> {
             R::LeaseRevoke(r) => {
                 let keys = self.lessor.revoke(LeaseId(r.id), &mut self.batch)?;
                 let events = self.mvcc.delete_keys(&self.backend, &keys)?;
+                // The revoked lease is gone from the lessor: nothing left to detach.
+                self.track_leases();
                 let resp = Response::LeaseRevoke(LeaseRevokeResponse::default());
                 Ok((Done(Box::new(resp)), events))
             }
@@ -477,19 +479,15 @@ impl<B: KvBackend> StateMachine<B> {
 
     /// Keeps lease attachments in step with the keys written: a put moves a key to its new
     /// lease, a delete detaches it.
-    fn track_leases(&mut self, events: &[Event]) {
-        for ev in events {
-            let (Some(kv), prev) = (&ev.kv, &ev.prev_kv) else {
-                continue;
-            };
-            if let Some(prev) = prev {
-                if prev.lease != 0 && self.lessor.contains(LeaseId(prev.lease)) {
-                    self.lessor.detach(LeaseId(prev.lease), &prev.key);
+    fn track_leases(&mut self) {
+        for moved in self.mvcc.take_lease_moves() {
+            if let Some(from) = moved.from {
+                if self.lessor.contains(from) {
+                    self.lessor.detach(from, &moved.key);
                 }
             }
-            let is_put = ev.r#type == crate::proto::mvccpb::event::EventType::Put as i32;
-            if is_put && kv.lease != 0 {
-                self.lessor.attach(LeaseId(kv.lease), &kv.key);
+            if let Some(to) = moved.to {
+                self.lessor.attach(to, &moved.key);
             }
         }
     }

@@ -360,6 +360,8 @@ pub struct WatchHub {
     parked: usize,
     /// Watchers that asked for periodic progress notifications.
     progress_notify: BTreeSet<WatcherKey>,
+    /// How many watchers asked for `prev_kv` (the node reads previous records only then).
+    prev_kv_watchers: usize,
     /// Unsynced watchers created below the compaction: the next `sync` cancels them.
     compacted_on_create: BTreeMap<WatcherKey, Revision>,
     /// Streams owed a progress notification once all their watchers are synced.
@@ -380,6 +382,7 @@ impl Default for WatchHub {
             unsynced: BTreeSet::new(),
             parked: 0,
             progress_notify: BTreeSet::new(),
+            prev_kv_watchers: 0,
             compacted_on_create: BTreeMap::new(),
             progress_deferred: BTreeSet::new(),
             current: Revision::ZERO,
@@ -589,6 +592,7 @@ impl WatchHub {
         if watcher.progress_notify {
             self.progress_notify.insert(key);
         }
+        self.prev_kv_watchers += usize::from(watcher.prev_kv);
         self.streams.entry(stream).or_default().watchers.insert(id);
         let old = self.watchers.insert(key, watcher);
         assert!(old.is_none(), "watcher {key:?} created twice");
@@ -605,6 +609,7 @@ impl WatchHub {
             Phase::Parked => self.parked -= 1,
         }
         self.progress_notify.remove(&key);
+        self.prev_kv_watchers -= usize::from(watcher.prev_kv);
         self.compacted_on_create.remove(&key);
         if let Some(s) = self.streams.get_mut(&key.0) {
             s.watchers.remove(&key.1);
@@ -895,6 +900,11 @@ impl WatchHub {
 
     pub fn watcher_count(&self) -> usize {
         self.watchers.len()
+    }
+
+    /// Whether any watcher asked for `prev_kv`: only then must events carry it.
+    pub fn wants_prev_kv(&self) -> bool {
+        self.prev_kv_watchers > 0
     }
 
     /// Watchers still waiting for a replay; the driver calls `sync` again while any remain.

@@ -20,10 +20,14 @@
 //!
 //! # Contract with the caller
 //! - Every write returns the etcd [`Event`]s it made, in revision and sub-revision order. A
-//!   delete event's `kv` is etcd's tombstone form (`key` and `mod_revision` only). `prev_kv` is
-//!   always filled when the key existed at `mod_revision - 1` (how etcd's watch fills it, so
-//!   two changes of one key in one txn carry the same `prev_kv`); the watch layer strips it for
-//!   watchers that did not ask.
+//!   delete event's `kv` is etcd's tombstone form (`key` and `mod_revision` only). While
+//!   [`MvccStore::set_fill_prev_kv`] is on (the default), `prev_kv` is filled when the key
+//!   existed at `mod_revision - 1` (how etcd's watch fills it, so two changes of one key in one
+//!   txn carry the same `prev_kv`); the watch layer strips it for watchers that did not ask.
+//!   Off, no write reads a previous record (the node turns it off while no watcher asked).
+//! - Every write also records how it moved keys between leases ([`LeaseMove`], from the
+//!   in-memory lease map, never the backend); the caller drains them with
+//!   [`MvccStore::take_lease_moves`] to keep the lessor's attachments in step.
 //! - [`MvccStore::take_batch`] hands over the staged writes; the caller must write that batch
 //!   (with its applied index) before the next call. Until taken, staged writes are visible to
 //!   every read of the store.
@@ -97,6 +101,18 @@ pub struct MvccStore {
     staged: Staged,
     /// The hashes of the latest compactions, oldest first (etcd's `hashStorage`); not persisted.
     compaction_hashes: Vec<HashKv>,
+    /// Whether write events carry `prev_kv`: a read of each changed key's previous record.
+    fill_prev_kv: bool,
+    /// Lease attachments moved by writes since the last [`MvccStore::take_lease_moves`].
+    lease_moves: Vec<LeaseMove>,
+}
+
+/// A write moved `key` from lease `from` to lease `to` (`None`: no lease).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaseMove {
+    pub key: Vec<u8>,
+    pub from: Option<LeaseId>,
+    pub to: Option<LeaseId>,
 }
 
 impl MvccStore {
@@ -112,6 +128,8 @@ impl MvccStore {
             leases: BTreeMap::new(),
             staged: Staged::default(),
             compaction_hashes: Vec::new(),
+            fill_prev_kv: true,
+            lease_moves: Vec::new(),
         };
         backend.scan(Bucket::Key, &[], None, &mut |key, value| {
             store.restore_record(key, value);
@@ -147,6 +165,16 @@ impl MvccStore {
             .restore(&kv.key, rev, tombstone, kv.create_revision, kv.version);
         self.record_lease(&kv.key, if tombstone { 0 } else { kv.lease });
         self.current_revision = rev.main;
+    }
+
+    /// Whether the events of later writes carry `prev_kv` (see the module's contract).
+    pub fn set_fill_prev_kv(&mut self, fill: bool) {
+        self.fill_prev_kv = fill;
+    }
+
+    /// The lease attachments writes moved since the last call, in write order.
+    pub fn take_lease_moves(&mut self) -> Vec<LeaseMove> {
+        std::mem::take(&mut self.lease_moves)
     }
 
     fn record_lease(&mut self, key: &[u8], lease: i64) {
@@ -430,14 +458,33 @@ impl MvccStore {
             return Ok(Vec::new());
         }
         let revision = self.current_revision + 1;
+        // Every change sees the state before the write (two changes of one key in a txn
+        // carry the same prev_kv, and the same lease to leave).
         let mut prevs = Vec::with_capacity(changes.len());
+        let mut prev_leases = Vec::with_capacity(changes.len());
         for change in &changes {
-            prevs.push(self.kv_at(backend, &change.kv.key, self.current_revision)?);
+            prevs.push(match self.fill_prev_kv {
+                true => self.kv_at(backend, &change.kv.key, self.current_revision)?,
+                false => None,
+            });
+            prev_leases.push(self.leases.get(&change.kv.key).copied());
         }
         let mut events = Vec::with_capacity(changes.len());
-        for (sub, (change, prev)) in changes.into_iter().zip(prevs).enumerate() {
+        let changed = changes.into_iter().zip(prevs).zip(prev_leases);
+        for (sub, ((change, prev), prev_lease)) in changed.enumerate() {
             let rev = Rev::new(revision, sub as i64);
             let key = &change.kv.key;
+            let to = match (change.tombstone, change.kv.lease) {
+                (true, _) | (false, 0) => None,
+                (false, lease) => Some(LeaseId(lease)),
+            };
+            if prev_lease.is_some() || to.is_some() {
+                self.lease_moves.push(LeaseMove {
+                    key: key.clone(),
+                    from: prev_lease,
+                    to,
+                });
+            }
             if change.tombstone {
                 self.index.tombstone(key, rev);
                 self.record_lease(key, 0);

@@ -506,6 +506,47 @@ fn put_prev_kv_and_ignore_flags() {
 }
 
 #[test]
+fn lease_moves_come_from_the_lease_map_with_or_without_prev_kv() {
+    for fill in [true, false] {
+        let mut h = Harness::new();
+        h.store.set_fill_prev_kv(fill);
+        let leased = PutRequest {
+            lease: LIVE_LEASE,
+            ..put_req("k", "1")
+        };
+        let (_, first) = h.try_put(&leased).unwrap();
+        let (_, second) = h.try_put(&put_req("k", "2")).unwrap();
+        h.put("plain", "1");
+        let (_, deleted) = h.delete("k", "");
+        let prev = |events: &[Event]| events[0].prev_kv.as_ref().map(|kv| kv.value.clone());
+        assert_eq!(prev(&first), None);
+        match fill {
+            true => assert_eq!(prev(&second), Some(b"1".to_vec()), "fill {fill}"),
+            false => assert_eq!(prev(&second), None, "no previous record read"),
+        }
+        assert_eq!(deleted.len(), 1);
+        let lease = Some(LeaseId(LIVE_LEASE));
+        assert_eq!(
+            h.store.take_lease_moves(),
+            vec![
+                LeaseMove {
+                    key: b"k".to_vec(),
+                    from: None,
+                    to: lease
+                },
+                LeaseMove {
+                    key: b"k".to_vec(),
+                    from: lease,
+                    to: None
+                },
+            ],
+            "a put attaches, a put without a lease detaches, keys without leases move nothing"
+        );
+        assert!(h.store.take_lease_moves().is_empty(), "drained");
+    }
+}
+
+#[test]
 fn leases_follow_puts_deletes_and_restarts() {
     let mut h = Harness::new();
     h.try_put(&PutRequest {

@@ -76,7 +76,9 @@ impl RocksDevice {
         opts.create_if_missing(create);
         opts.create_missing_column_families(create);
         opts.set_paranoid_checks(true);
-        let cfs = Space::ALL.map(|s| ColumnFamilyDescriptor::new(s.name(), Options::default()));
+        // The raft space's vector memtable (see `space_options`) takes one writer at a time.
+        opts.set_allow_concurrent_memtable_write(false);
+        let cfs = Space::ALL.map(|s| ColumnFamilyDescriptor::new(s.name(), space_options(s)));
         let db = DB::open_cf_descriptors(&opts, &path, cfs).map_err(|e| io(e.to_string()))?;
         Ok(RocksDevice {
             db: Arc::new(db),
@@ -97,6 +99,18 @@ impl RocksDevice {
             .flatten()
             .unwrap_or(0)
     }
+}
+
+/// Column family options. The raft space is written in index order and read only at start-up
+/// (the engine keeps the log it needs in memory), so its memtable is a vector: an append
+/// instead of a skiplist search per entry (the skiplist was ~10 % of a member's CPU under
+/// puts). A vector memtable sorts a copy when read, which start-up does a handful of times.
+fn space_options(space: Space) -> Options {
+    let mut opts = Options::default();
+    if space == Space::Raft {
+        opts.set_memtable_factory(rocksdb::MemtableFactory::Vector);
+    }
+    opts
 }
 
 fn failed(op: &'static str) -> impl Fn(rocksdb::Error) -> DeviceError {

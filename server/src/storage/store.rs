@@ -21,7 +21,7 @@
 
 use std::sync::Arc;
 
-use crc::{Crc, CRC_32_ISCSI};
+use crc::{Crc, Table, CRC_32_ISCSI};
 use protobuf::Message as _;
 use raft::eraftpb::{Entry, HardState};
 use strata_engine::backend::{BatchOp, Scan};
@@ -37,7 +37,9 @@ const KEY_COMPACTED: &[u8] = b"compacted";
 const KEY_IDENTITY: &[u8] = b"identity";
 const ENTRY_PREFIX: u8 = b'e';
 
-const CRC32C: Crc<u32> = Crc::<u32>::new(&CRC_32_ISCSI);
+/// Slice-by-16 tables: every raft entry is sealed on the write path (4 KiB of tables, several
+/// times the single table's speed).
+static CRC32C: Crc<u32, Table<16>> = Crc::<u32, Table<16>>::new(&CRC_32_ISCSI);
 
 /// One member's store over its device. Cloning shares the device: the log half and the
 /// backend half are two views of it.
