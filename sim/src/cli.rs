@@ -6,6 +6,7 @@ use strata_engine::bugs::Bug;
 
 use crate::run::{run, run_with, RunReport};
 use crate::scenario::Scenario;
+use crate::summary::{SeedRecord, Shard};
 
 #[derive(Parser)]
 #[command(
@@ -40,6 +41,19 @@ enum Command {
         /// Print the scenario a seed draws instead of running it.
         #[arg(long)]
         print: bool,
+        /// Run only the K-th of N disjoint parts of the seeds (`K/N`, see `merge`).
+        #[arg(long)]
+        shard: Option<String>,
+        /// Write one JSON line per seed here (default with --shard:
+        /// `<trace dir>/swarm-A..B-shard-K-of-N.jsonl`).
+        #[arg(long)]
+        summary: Option<String>,
+    },
+    /// Combine the JSON-lines summaries of a swarm's shards into one verdict (exit 1 if a seed
+    /// failed, 2 if a shard is missing or two overlap).
+    Merge {
+        #[arg(required = true)]
+        summaries: Vec<String>,
     },
     /// The CI batch: every scenario file with its listed seeds, then a random swarm batch.
     Ci {
@@ -244,13 +258,20 @@ impl Tally {
     }
 }
 
-fn progress(done: u64, total: u64, failed: usize) {
+/// The terminal's progress line: seeds done, failures, speed and the time left.
+fn progress(done: u64, total: u64, failed: usize, started: std::time::Instant) {
     let width = 30;
     let filled = (done * width / total.max(1)) as usize;
+    let elapsed = started.elapsed().as_secs_f64();
+    let per_seed = elapsed / done.max(1) as f64;
+    let eta = per_seed * (total - done) as f64;
     eprint!(
-        "\r[{}{}] {done}/{total} runs, {failed} failed ",
+        "\r[{}{}] {done}/{total} runs, {failed} failed, {:.1} seeds/s, ETA {:.0}m{:02.0}s ",
         "#".repeat(filled),
-        ".".repeat(width as usize - filled)
+        ".".repeat(width as usize - filled),
+        1.0 / per_seed.max(1e-9),
+        (eta / 60.0).floor(),
+        eta % 60.0
     );
     if done == total {
         eprintln!();
@@ -270,11 +291,34 @@ pub fn main() -> i32 {
 /// Runs one command: its exit code, or the error that kept it from running (exit 2).
 fn dispatch(command: Command) -> Result<i32, String> {
     Ok(match command {
-        Command::Swarm { seeds, print, bug } => {
-            let bug = parse_bug(bug.as_deref())?;
-            let seeds = parse_seeds(&seeds)?;
+        Command::Swarm {
+            seeds: range,
+            print,
+            bug: bug_name,
+            shard,
+            summary,
+        } => {
+            let bug = parse_bug(bug_name.as_deref())?;
+            let mut seeds = parse_seeds(&range)?;
+            let shard = shard.as_deref().map(Shard::parse).transpose()?;
+            if let Some(shard) = shard {
+                seeds = shard.select(&seeds);
+            }
+            let shard_name =
+                shard.map_or("1/1".to_string(), |s| format!("{}/{}", s.index, s.count));
+            let summary_path = summary.or_else(|| {
+                shard.map(|s| {
+                    let file = format!("swarm-{range}-shard-{}-of-{}.jsonl", s.index, s.count);
+                    trace_dir().join(file).display().to_string()
+                })
+            });
+            let mut summary_file = match (&summary_path, print) {
+                (Some(path), false) => Some(create_summary(path)?),
+                _ => None,
+            };
             let mut tally = Tally::default();
             let total = seeds.len() as u64;
+            let started = std::time::Instant::now();
             for (i, seed) in seeds.into_iter().enumerate() {
                 let s = crate::swarm::scenario(seed);
                 if print {
@@ -283,14 +327,36 @@ fn dispatch(command: Command) -> Result<i32, String> {
                 }
                 let r = run_and_report(&s, &format!("swarm:{seed}"), seed, false, bug);
                 tally.add(&r, &format!("swarm:{seed}"));
-                progress(i as u64 + 1, total, tally.failed.len());
+                if let Some(file) = summary_file.as_mut() {
+                    let record = SeedRecord {
+                        seed,
+                        verdict: if r.passed() { "PASS" } else { "FAIL" }.into(),
+                        checker: r.violations.first().map(|v| v.checker.to_string()),
+                        trace_hash: format!("{:016x}", r.trace_hash),
+                        simulated_secs: r.simulated.as_secs_f64(),
+                        wall_secs: r.wall.as_secs_f64(),
+                        ops: r.ops as u64,
+                        seeds: range.clone(),
+                        shard: shard_name.clone(),
+                        bug: bug_name.clone(),
+                    };
+                    use std::io::Write as _;
+                    writeln!(file, "{}", record.to_line())
+                        .and_then(|()| file.flush())
+                        .map_err(|e| format!("{}: {e}", summary_path.as_deref().unwrap_or("")))?;
+                }
+                progress(i as u64 + 1, total, tally.failed.len(), started);
             }
             if print {
                 return Ok(0);
             }
             tally.print();
+            if let Some(path) = &summary_path {
+                println!("summary ({shard_name} of {range}): {path}");
+            }
             i32::from(!tally.failed.is_empty())
         }
+        Command::Merge { summaries } => merge_cli(&summaries)?,
         Command::Ci {
             scenarios,
             random,
@@ -346,6 +412,62 @@ fn dispatch(command: Command) -> Result<i32, String> {
             i32::from(failed > 0)
         }
     })
+}
+
+fn create_summary(path: &str) -> Result<std::fs::File, String> {
+    if let Some(dir) = std::path::Path::new(path).parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    std::fs::File::create(path).map_err(|e| format!("{path}: {e}"))
+}
+
+/// `strata-sim merge`: the shards' records as one swarm's table and verdict.
+fn merge_cli(paths: &[String]) -> Result<i32, String> {
+    let mut parts = Vec::new();
+    for path in paths {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?;
+        parts.push((path.clone(), text));
+    }
+    let merged = crate::summary::merge(&parts)?;
+    let failed = merged.failed();
+    let speed = merged.simulated_secs / merged.wall_secs.max(1e-9);
+    println!("| parts | runs | passed | failed | simulated | wall (summed) | speed | seeds/core-hour | ops |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!(
+        "| {} | {} | {} | {} | {:.0} s | {:.1} s | {speed:.0}× | {:.0} | {} |",
+        paths.len(),
+        merged.records.len(),
+        merged.records.len() - failed.len(),
+        failed.len(),
+        merged.simulated_secs,
+        merged.wall_secs,
+        merged.seeds_per_core_hour(),
+        merged.ops
+    );
+    if !failed.is_empty() {
+        println!();
+        println!("| checker | failed seeds |");
+        println!("|---|---:|");
+        for (c, n) in &merged.by_checker {
+            println!("| {c} | {n} |");
+        }
+        println!();
+        println!("failed seeds (each replays alone):");
+        for r in failed {
+            let bug = r
+                .bug
+                .as_ref()
+                .map(|b| format!(" --bug {b}"))
+                .unwrap_or_default();
+            println!(
+                "  strata-sim run swarm:{0} --seed {0}{bug}    # {1}, trace {2}",
+                r.seed,
+                r.checker.as_deref().unwrap_or("?"),
+                r.trace_hash
+            );
+        }
+    }
+    Ok(i32::from(merged.records.iter().any(|r| !r.passed())))
 }
 
 fn ci(dir: &str, random: u64, random_base: Option<u64>) -> Result<i32, String> {

@@ -9,6 +9,7 @@
 pub mod check;
 pub mod history;
 pub mod scenario;
+pub mod summary;
 pub mod swarm;
 
 #[cfg(madsim)]
