@@ -59,10 +59,14 @@ pub enum Bug {
     /// checkpoint restores the stale remaining TTL and expires the lease before the TTL the
     /// client was just promised.
     CheckpointNotReset,
+    /// A txn's VALUE compare on a missing key compares the empty value instead of failing
+    /// (etcd: "nil == empty string in grpc; no way to represent missing value"), so `value <
+    /// "x"` or `value != "x"` holds for a deleted key.
+    CompareMissingValueAsEmpty,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 18] = [
+    pub const ALL: [Bug; 19] = [
         Bug::SkipFsync,
         Bug::VoteNotPersisted,
         Bug::SerializableAsLinearizable,
@@ -81,6 +85,7 @@ impl Bug {
         Bug::AppendKeepsStaleSuffix,
         Bug::RangeChunksUnpinned,
         Bug::CheckpointNotReset,
+        Bug::CompareMissingValueAsEmpty,
     ];
 
     /// The kebab-case name the simulator's `--bug` takes.
@@ -104,6 +109,7 @@ impl Bug {
             Bug::AppendKeepsStaleSuffix => "append-keeps-stale-suffix",
             Bug::RangeChunksUnpinned => "range-chunks-unpinned",
             Bug::CheckpointNotReset => "checkpoint-not-reset",
+            Bug::CompareMissingValueAsEmpty => "compare-missing-value-as-empty",
         }
     }
 

@@ -1073,6 +1073,7 @@ impl<B: KvBackend> Node<B> {
         let mut events: Vec<Event> = Vec::new();
         // A previous record is read only for a watcher that will send it.
         self.sm.mvcc.set_fill_prev_kv(self.watch.wants_prev_kv());
+        self.sm.mvcc.set_bug(self.config.bug);
         for entry in &entries {
             if entry.index <= self.sm.applied().0 .0 {
                 continue; // already in the backend before a restart

@@ -44,8 +44,8 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::cluster::client_url;
 use crate::history::{
-    Call, Compare, Event, EventKind, Kv, NodeIx, Op, Outcome, Reply, TxnOp, TxnResult, Watch,
-    WatchEnd, WatchResponse,
+    Call, Compare, CompareResult, Event, EventKind, Kv, NodeIx, Op, Outcome, Reply, Target, TxnOp,
+    TxnResult, Watch, WatchEnd, WatchResponse,
 };
 use crate::recorder::Recorder;
 use crate::scenario::Workload;
@@ -189,21 +189,26 @@ fn request_op(op: &TxnOp) -> RequestOp {
 }
 
 fn compare_pb(c: &Compare) -> PbCompare {
-    match c {
-        Compare::ModRevision { key, revision } => PbCompare {
-            result: compare::CompareResult::Equal as i32,
-            target: compare::CompareTarget::Mod as i32,
-            key: key.clone(),
-            range_end: vec![],
-            target_union: Some(compare::TargetUnion::ModRevision(*revision)),
-        },
-        Compare::Value { key, value } => PbCompare {
-            result: compare::CompareResult::Equal as i32,
-            target: compare::CompareTarget::Value as i32,
-            key: key.clone(),
-            range_end: vec![],
-            target_union: Some(compare::TargetUnion::Value(value.clone())),
-        },
+    use compare::{CompareTarget as T, TargetUnion as U};
+    let (target, operand) = match &c.target {
+        Target::Version(n) => (T::Version, U::Version(*n)),
+        Target::CreateRevision(n) => (T::Create, U::CreateRevision(*n)),
+        Target::ModRevision(n) => (T::Mod, U::ModRevision(*n)),
+        Target::Value(v) => (T::Value, U::Value(v.clone())),
+        Target::Lease(n) => (T::Lease, U::Lease(*n)),
+    };
+    let result = match c.result {
+        CompareResult::Equal => compare::CompareResult::Equal,
+        CompareResult::Greater => compare::CompareResult::Greater,
+        CompareResult::Less => compare::CompareResult::Less,
+        CompareResult::NotEqual => compare::CompareResult::NotEqual,
+    };
+    PbCompare {
+        result: result as i32,
+        target: target as i32,
+        key: c.key.clone(),
+        range_end: vec![],
+        target_union: Some(operand),
     }
 }
 
@@ -532,6 +537,77 @@ impl ClientState {
         format!("c{}-{}", self.plan.id, self.seq).into_bytes()
     }
 
+    /// A txn guarded by one compare of a random target and result against what the client
+    /// just read of `key` (the field itself, one below or one above; for values a prefix or an
+    /// extension), putting `key` and reading another key on success, deleting the other key
+    /// and reading `key` on failure.
+    async fn compare_txn(&mut self, key: Vec<u8>) {
+        let seen = self
+            .run(Call::Get {
+                key: key.clone(),
+                revision: 0,
+                serializable: false,
+            })
+            .await;
+        let Outcome::Ok(Reply::Get { kvs, .. }) = seen else {
+            return;
+        };
+        let kv = kvs.first();
+        let (which, nudge, result, other) = {
+            let mut rng = madsim::rand::thread_rng();
+            (
+                rng.gen_range(0..5),
+                rng.gen_range(-1..=1i64),
+                CompareResult::ALL[rng.gen_range(0..4)],
+                self.random_key(),
+            )
+        };
+        let field = |f: fn(&Kv) -> i64| kv.map_or(0, f) + nudge;
+        let target = match which {
+            0 => Target::Version(field(|kv| kv.version)),
+            1 => Target::CreateRevision(field(|kv| kv.create_revision)),
+            2 => Target::ModRevision(field(|kv| kv.mod_revision)),
+            3 => {
+                let mut value = kv.map(|kv| kv.value.clone()).unwrap_or_default();
+                match nudge {
+                    -1 => {
+                        value.pop();
+                    }
+                    1 => value.push(b'~'),
+                    _ => {}
+                }
+                Target::Value(value)
+            }
+            _ => Target::Lease(match nudge {
+                0 => kv.map_or(0, |kv| kv.lease),
+                _ => self.lease,
+            }),
+        };
+        let value = self.value();
+        let (mut success, mut failure) = (
+            vec![TxnOp::Put {
+                key: key.clone(),
+                value,
+                lease: 0,
+            }],
+            vec![TxnOp::Get { key: key.clone() }],
+        );
+        if other != key {
+            success.push(TxnOp::Get { key: other.clone() });
+            failure.insert(0, TxnOp::Delete { key: other });
+        }
+        self.run(Call::Txn {
+            compares: vec![Compare {
+                key,
+                target,
+                result,
+            }],
+            success,
+            failure,
+        })
+        .await;
+    }
+
     fn random_key(&self) -> Vec<u8> {
         key(madsim::rand::thread_rng().gen_range(0..self.plan.workload.keys))
     }
@@ -677,6 +753,7 @@ impl ClientState {
             mix.lease_put,
             mix.lock,
             mix.election,
+            mix.compare_txn,
         ];
         let total: u32 = weights.iter().sum();
         if total == 0 {
@@ -728,10 +805,7 @@ impl ClientState {
                 let rev = kvs.first().map(|k| k.mod_revision).unwrap_or(0);
                 let value = self.value();
                 self.run(Call::Txn {
-                    compares: vec![Compare::ModRevision {
-                        key: key.clone(),
-                        revision: rev,
-                    }],
+                    compares: vec![Compare::mod_revision(key.clone(), rev)],
                     success: vec![TxnOp::Put {
                         key: key.clone(),
                         value,
@@ -767,6 +841,7 @@ impl ClientState {
             }
             8 => self.lock_and_unlock().await,
             9 => self.campaign_and_resign().await,
+            10 => self.compare_txn(key).await,
             6 => {
                 // Every other range of a client streams (no random draw: runs stay as they were).
                 self.ranges += 1;

@@ -36,12 +36,76 @@ pub struct Kv {
     pub lease: i64,
 }
 
+/// etcd's `Compare` on one key: `target(key) result operand`.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Compare {
-    /// `mod_revision(key) == revision` (0: the key does not exist).
-    ModRevision { key: Key, revision: i64 },
-    /// `value(key) == value`.
-    Value { key: Key, value: Vec<u8> },
+pub struct Compare {
+    pub key: Key,
+    pub target: Target,
+    pub result: CompareResult,
+}
+
+/// What a compare reads of the key, and the operand it is compared with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    Version(i64),
+    CreateRevision(i64),
+    /// `ModRevision(0)` with `Equal`: the key does not exist.
+    ModRevision(i64),
+    Value(Vec<u8>),
+    Lease(i64),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CompareResult {
+    Equal,
+    Greater,
+    Less,
+    NotEqual,
+}
+
+impl CompareResult {
+    pub const ALL: [CompareResult; 4] = [
+        CompareResult::Equal,
+        CompareResult::Greater,
+        CompareResult::Less,
+        CompareResult::NotEqual,
+    ];
+
+    /// Whether `found` against `operand` satisfies the result.
+    pub fn holds<T: Ord + ?Sized>(self, found: &T, operand: &T) -> bool {
+        let order = found.cmp(operand);
+        match self {
+            CompareResult::Equal => order.is_eq(),
+            CompareResult::Greater => order.is_gt(),
+            CompareResult::Less => order.is_lt(),
+            CompareResult::NotEqual => order.is_ne(),
+        }
+    }
+}
+
+impl Compare {
+    /// `mod_revision(key) == revision`: the compare-and-swap workloads' guard.
+    pub fn mod_revision(key: Key, revision: i64) -> Compare {
+        Compare {
+            key,
+            target: Target::ModRevision(revision),
+            result: CompareResult::Equal,
+        }
+    }
+
+    /// etcd's `applyCompare` on one key: a value compare on a missing key is false whatever
+    /// the result; every other target compares a missing key as all zeroes.
+    pub fn holds(&self, kv: Option<&Kv>) -> bool {
+        let r = self.result;
+        match (&self.target, kv) {
+            (Target::Value(_), None) => false,
+            (Target::Value(v), Some(kv)) => r.holds(kv.value.as_slice(), v.as_slice()),
+            (Target::Version(n), kv) => r.holds(&kv.map_or(0, |kv| kv.version), n),
+            (Target::CreateRevision(n), kv) => r.holds(&kv.map_or(0, |kv| kv.create_revision), n),
+            (Target::ModRevision(n), kv) => r.holds(&kv.map_or(0, |kv| kv.mod_revision), n),
+            (Target::Lease(n), kv) => r.holds(&kv.map_or(0, |kv| kv.lease), n),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

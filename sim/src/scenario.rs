@@ -469,6 +469,10 @@ pub struct Mix {
     /// `etcdctl elect`: Campaign in the shared election with the client's lease, read the
     /// Leader, Resign.
     pub election: u32,
+    /// A txn guarded by one compare of any target (version, create, mod, value, lease) and
+    /// result (=, !=, >, <) against what the client just read of the key, give or take one,
+    /// with puts, deletes and gets in its branches.
+    pub compare_txn: u32,
 }
 
 impl Default for Mix {
@@ -484,6 +488,7 @@ impl Default for Mix {
             lease_put: 5,
             lock: 0,
             election: 0,
+            compare_txn: 0,
         }
     }
 }

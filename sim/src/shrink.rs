@@ -71,6 +71,7 @@ fn candidates(s: &Scenario) -> Vec<Scenario> {
         m.multi_put,
         m.range,
         m.lease_put,
+        m.compare_txn,
     ];
     for (i, w) in weights.iter().enumerate() {
         if *w == 0 {
@@ -87,8 +88,9 @@ fn candidates(s: &Scenario) -> Vec<Scenario> {
                 &mut m.multi_put,
                 &mut m.range,
                 &mut m.lease_put,
+                &mut m.compare_txn,
             ];
-            *slot.into_iter().nth(i).expect("eight weights") = 0;
+            *slot.into_iter().nth(i).expect("nine weights") = 0;
         });
     }
     if s.cluster.voters > 1 {

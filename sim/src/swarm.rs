@@ -117,6 +117,7 @@ pub fn scenario(seed: u64) -> Scenario {
         lease_put: d.range(0, 10) as u32,
         lock: 0,
         election: 0,
+        compare_txn: 0,
     };
     let mut workload = Workload {
         clients: d.range(1, 6) as u32,
@@ -374,6 +375,10 @@ pub fn scenario(seed: u64) -> Scenario {
     if d.chance(0.5) {
         cluster.progress_notify_interval = Span::ms(d.range(200, 2_000));
         workload.watch_progress_notify = true;
+    }
+    // Txns compare every target with every result, not only mod_revision equality.
+    if d.chance(0.5) {
+        workload.mix.compare_txn = d.range(5, 30) as u32;
     }
     let names: Vec<String> = families
         .iter()

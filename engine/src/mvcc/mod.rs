@@ -105,6 +105,8 @@ pub struct MvccStore {
     fill_prev_kv: bool,
     /// Lease attachments moved by writes since the last [`MvccStore::take_lease_moves`].
     lease_moves: Vec<LeaseMove>,
+    /// The simulator's injected bug, if any (see [`crate::bugs`]).
+    pub(crate) bug: Option<crate::bugs::Bug>,
 }
 
 /// A write moved `key` from lease `from` to lease `to` (`None`: no lease).
@@ -130,6 +132,7 @@ impl MvccStore {
             compaction_hashes: Vec::new(),
             fill_prev_kv: true,
             lease_moves: Vec::new(),
+            bug: None,
         };
         backend.scan(Bucket::Key, &[], None, &mut |key, value| {
             store.restore_record(key, value);
@@ -170,6 +173,11 @@ impl MvccStore {
     /// Whether the events of later writes carry `prev_kv` (see the module's contract).
     pub fn set_fill_prev_kv(&mut self, fill: bool) {
         self.fill_prev_kv = fill;
+    }
+
+    /// Injects the simulator's bug into the store's evaluation (a no-op without feature `bugs`).
+    pub fn set_bug(&mut self, bug: Option<crate::bugs::Bug>) {
+        self.bug = bug;
     }
 
     /// The lease attachments writes moved since the last call, in write order.

@@ -33,6 +33,7 @@ use std::collections::BTreeMap;
 use prost::Message;
 
 use crate::backend::KvBackend;
+use crate::bugs::{self, Bug};
 use crate::error::{Error, EtcdError};
 use crate::proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
 use crate::proto::etcdserverpb::request_op::Request;
@@ -328,7 +329,8 @@ fn check_range_revision(before: &ReadView<'_>, revision: i64) -> Result<(), Etcd
 fn compare_holds(view: &ReadView<'_>, compare: &Compare) -> Result<bool, Error> {
     let kvs = view.kvs(KeySpan::new(&compare.key, &compare.range_end), view.head)?;
     if kvs.is_empty() {
-        if compare.target == CompareTarget::Value as i32 {
+        let bug = bugs::active(view.store.bug, Bug::CompareMissingValueAsEmpty);
+        if compare.target == CompareTarget::Value as i32 && !bug {
             return Ok(false);
         }
         return Ok(compare_kv(compare, &KeyValue::default()));

@@ -36,8 +36,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::observations::{KnownWrite, Observations, Source};
 use super::{
-    at, created_revision, header_revision, is_serializable, max_before, name, possible_effects,
-    show, show_kv, Findings, Lifetimes,
+    acked_effects, at, created_revision, header_revision, is_serializable, max_before, name,
+    possible_effects, show, show_kv, Findings, Lifetimes,
 };
 use crate::history::{History, Key, Kv, NodeIx, Outcome, RaftEvent, Violation};
 
@@ -125,7 +125,12 @@ fn may_be_gone(h: &History, key: &Key, rev: i64, latest: &KnownWrite) -> bool {
         return true;
     }
     h.ops.iter().enumerate().any(|(i, op)| {
-        let removes = possible_effects(&op.call)
+        // An answered txn deleted only in the branch its answer names.
+        let effects = match &op.outcome {
+            Outcome::Ok(_) => acked_effects(op),
+            _ => possible_effects(&op.call),
+        };
+        let removes = effects
             .iter()
             .any(|e| e.key == key && e.put.is_none_or(|(_, lease)| lease != 0));
         let after = match &op.outcome {

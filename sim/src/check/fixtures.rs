@@ -187,10 +187,7 @@ pub(crate) fn delete(key: &str) -> Call {
 /// `if mod_revision(key) == revision then put key=value else get key`.
 pub(crate) fn cas(key: &str, revision: i64, value: &str) -> Call {
     Call::Txn {
-        compares: vec![Compare::ModRevision {
-            key: key.into(),
-            revision,
-        }],
+        compares: vec![Compare::mod_revision(key.into(), revision)],
         success: vec![TxnOp::Put {
             key: key.into(),
             value: value.into(),

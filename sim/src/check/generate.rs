@@ -10,8 +10,8 @@ use proptest::prelude::*;
 use super::fixtures::MS;
 use super::in_range;
 use crate::history::{
-    Call, Compare, Event, EventKind, History, Kv, Op, Outcome, Reply, TxnOp, TxnResult, Watch,
-    WatchEnd, WatchResponse,
+    Call, Compare, CompareResult, Event, EventKind, History, Kv, Op, Outcome, Reply, Target, TxnOp,
+    TxnResult, Watch, WatchEnd, WatchResponse,
 };
 
 /// etcd's KV semantics, sequentially: the oracle the generated runs come from.
@@ -130,14 +130,7 @@ impl Store {
                 success,
                 failure,
             } => {
-                let holds = compares.iter().all(|c| match c {
-                    Compare::ModRevision { key, revision } => {
-                        self.keys.get(key).map_or(0, |kv| kv.mod_revision) == *revision
-                    }
-                    Compare::Value { key, value } => {
-                        self.keys.get(key).is_some_and(|kv| &kv.value == value)
-                    }
-                });
+                let holds = compares.iter().all(|c| c.holds(self.keys.get(&c.key)));
                 let acts = if holds { success } else { failure };
                 let mut results = Vec::new();
                 let rev = self.revision + 1;
@@ -152,7 +145,14 @@ impl Store {
                             wrote = true;
                             results.push(TxnResult::Put { prev: None });
                         }
-                        TxnOp::Delete { .. } => unreachable!("not generated"),
+                        TxnOp::Delete { key } => {
+                            let deleted = self.delete(key, rev).is_some();
+                            wrote |= deleted;
+                            results.push(TxnResult::Delete {
+                                deleted: i64::from(deleted),
+                                prev: Vec::new(),
+                            });
+                        }
                     }
                 }
                 if wrote {
@@ -182,6 +182,11 @@ pub(crate) enum Gen {
     StaleGet(u8),
     /// A get of the state this many revisions back.
     GetAt(u8, i64),
+    /// A txn guarded by one compare: target (0 version, 1 create, 2 mod, 3 value, 4 lease)
+    /// and result (an index of `CompareResult::ALL`) of key `.0` against its current field
+    /// nudged by `.3`; puts `.0` and gets `.4` on success, deletes `.4` and gets `.0` on
+    /// failure.
+    CompareTxn(u8, u8, u8, i64, u8),
 }
 
 pub(crate) fn gen_op() -> impl Strategy<Value = Gen> {
@@ -193,6 +198,8 @@ pub(crate) fn gen_op() -> impl Strategy<Value = Gen> {
         1 => Just(Gen::RangeAll),
         1 => (0u8..5).prop_map(Gen::StaleGet),
         1 => (0u8..5, 0i64..5).prop_map(|(k, back)| Gen::GetAt(k, back)),
+        2 => (0u8..5, 0u8..5, 0u8..4, -1i64..=1, 0u8..5)
+            .prop_map(|(k, t, r, nudge, other)| Gen::CompareTxn(k, t, r, nudge, other)),
     ]
 }
 
@@ -222,10 +229,7 @@ fn to_call(g: &Gen, n: usize, store: &Store) -> Call {
         Gen::Cas(k, back) => {
             let current = store.keys.get(&key(k)).map_or(0, |kv| kv.mod_revision);
             Call::Txn {
-                compares: vec![Compare::ModRevision {
-                    key: key(k),
-                    revision: (current - back).max(0),
-                }],
+                compares: vec![Compare::mod_revision(key(k), (current - back).max(0))],
                 success: vec![TxnOp::Put {
                     key: key(k),
                     value: value(),
@@ -251,6 +255,44 @@ fn to_call(g: &Gen, n: usize, store: &Store) -> Call {
             revision: (store.revision - back).max(1),
             serializable: false,
         },
+        Gen::CompareTxn(k, target, result, nudge, other) => {
+            let kv = store.keys.get(&key(k));
+            let field = |f: fn(&Kv) -> i64| kv.map_or(0, f) + nudge;
+            let target = match target {
+                0 => Target::Version(field(|kv| kv.version)),
+                1 => Target::CreateRevision(field(|kv| kv.create_revision)),
+                2 => Target::ModRevision(field(|kv| kv.mod_revision)),
+                3 => {
+                    let mut v = kv.map(|kv| kv.value.clone()).unwrap_or_default();
+                    match nudge {
+                        -1 => drop(v.pop()),
+                        1 => v.push(b'~'),
+                        _ => {}
+                    }
+                    Target::Value(v)
+                }
+                _ => Target::Lease(field(|kv| kv.lease)),
+            };
+            let mut success = vec![TxnOp::Put {
+                key: key(k),
+                value: value(),
+                lease: 0,
+            }];
+            let mut failure = vec![TxnOp::Get { key: key(k) }];
+            if other != k {
+                success.push(TxnOp::Get { key: key(other) });
+                failure.insert(0, TxnOp::Delete { key: key(other) });
+            }
+            Call::Txn {
+                compares: vec![Compare {
+                    key: key(k),
+                    target,
+                    result: CompareResult::ALL[result as usize],
+                }],
+                success,
+                failure,
+            }
+        }
     }
 }
 
@@ -276,7 +318,10 @@ pub(crate) fn history(
     let mut applied = [1i64; 3];
     for (n, g) in gens.iter().enumerate() {
         let call = to_call(g, n, &store);
-        let is_write = matches!(g, Gen::Put(_) | Gen::Delete(_) | Gen::Cas(..));
+        let is_write = matches!(
+            g,
+            Gen::Put(_) | Gen::Delete(_) | Gen::Cas(..) | Gen::CompareTxn(..)
+        );
         let point = 1_000 + 10 * n as u64;
         let (before, after) = spread[n % spread.len()];
         let node = (n % 3) as u32;

@@ -325,10 +325,7 @@ pub(crate) fn named_keys(call: &Call) -> Vec<&Key> {
             failure,
         } => compares
             .iter()
-            .map(|c| match c {
-                crate::history::Compare::ModRevision { key, .. }
-                | crate::history::Compare::Value { key, .. } => key,
-            })
+            .map(|c| &c.key)
             .chain(success.iter().chain(failure).map(txn_op_key))
             .collect(),
         _ => Vec::new(),

@@ -24,7 +24,9 @@
 
 use std::collections::HashMap;
 
-use crate::history::{Call, Compare, Key, Kv, Outcome, Reply, TxnOp, TxnResult};
+use crate::history::{
+    Call, Compare, CompareResult, Key, Kv, Outcome, Reply, Target, TxnOp, TxnResult,
+};
 
 /// A value named by its position in the component's value table.
 pub(super) type ValueId = u32;
@@ -73,8 +75,32 @@ pub(super) struct Hidden {
 
 #[derive(Debug)]
 pub(super) enum Cmp {
-    ModRevision { key: usize, revision: i64 },
-    Value { key: usize, value: ValueId },
+    /// `field(key) result operand`; a missing key's field is 0, as in etcd.
+    Number {
+        key: usize,
+        field: Field,
+        result: CompareResult,
+        operand: i64,
+    },
+    /// A value compare: the key's values (interned, sorted) that satisfy it. A missing key
+    /// fails every value compare, as in etcd.
+    Value { key: usize, holds: Vec<ValueId> },
+}
+
+impl Cmp {
+    fn key(&self) -> usize {
+        match self {
+            Cmp::Number { key, .. } | Cmp::Value { key, .. } => *key,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Field {
+    Version,
+    CreateRevision,
+    ModRevision,
+    Lease,
 }
 
 #[derive(Debug)]
@@ -316,15 +342,28 @@ impl Component {
     }
 
     fn compare(&self, c: &Compare) -> Cmp {
-        match c {
-            Compare::ModRevision { key, revision } => Cmp::ModRevision {
-                key: self.key(key),
-                revision: *revision,
-            },
-            Compare::Value { key, value } => Cmp::Value {
-                key: self.key(key),
-                value: self.value(self.key(key), value),
-            },
+        let key = self.key(&c.key);
+        let number = |field, operand| Cmp::Number {
+            key,
+            field,
+            result: c.result,
+            operand,
+        };
+        match &c.target {
+            Target::Version(n) => number(Field::Version, *n),
+            Target::CreateRevision(n) => number(Field::CreateRevision, *n),
+            Target::ModRevision(n) => number(Field::ModRevision, *n),
+            Target::Lease(n) => number(Field::Lease, *n),
+            Target::Value(operand) => {
+                let mut holds: Vec<ValueId> = self
+                    .values
+                    .iter()
+                    .filter(|((k, v), _)| *k == key && c.result.holds(v.as_slice(), operand))
+                    .map(|(_, id)| *id)
+                    .collect();
+                holds.sort_unstable();
+                Cmp::Value { key, holds }
+            }
         }
     }
 
@@ -524,9 +563,7 @@ fn check_prev(
 fn touched(compares: &[Cmp], success: &[Act], failure: &[Act]) -> Vec<usize> {
     let mut keys: Vec<usize> = compares
         .iter()
-        .map(|c| match c {
-            Cmp::ModRevision { key, .. } | Cmp::Value { key, .. } => *key,
-        })
+        .map(Cmp::key)
         .chain(success.iter().chain(failure).map(|a| match a {
             Act::Get(k) | Act::Delete(k) | Act::Put { key: k, .. } => *k,
         }))
@@ -542,19 +579,41 @@ fn branches(state: &State, op: &ModelOp, compares: &[Cmp], output: &Output) -> V
     let shadowed = |k: usize| op.shadowed(k);
     let mut verdict = Some(true);
     for c in compares {
-        let this = match *c {
+        let this = match c {
             // Present before or not, an unseen put leaves the key present.
-            Cmp::ModRevision { key, revision: 0 } if shadowed(key) => {
-                state.keys[key].is_some().then_some(false)
-            }
-            Cmp::ModRevision { key, .. } | Cmp::Value { key, .. } if shadowed(key) => None,
-            Cmp::ModRevision { key, revision } => match state.keys[key] {
-                None => Some(revision == 0),
-                Some(ks) if ks.mod_revision == 0 => (revision == 0).then_some(false),
-                Some(ks) => Some(ks.mod_revision == revision),
+            Cmp::Number {
+                key,
+                field: Field::ModRevision,
+                result: CompareResult::Equal,
+                operand: 0,
+            } if shadowed(*key) => state.keys[*key].is_some().then_some(false),
+            c if shadowed(c.key()) => None,
+            Cmp::Number {
+                key,
+                field,
+                result,
+                operand,
+            } => match state.keys[*key] {
+                None => Some(result.holds(&0, operand)),
+                Some(ks) => {
+                    let found = match field {
+                        Field::Version => ks.version,
+                        Field::CreateRevision => ks.create_revision,
+                        Field::ModRevision => ks.mod_revision,
+                        Field::Lease => ks.lease,
+                    };
+                    let unknown =
+                        found == 0 && matches!(field, Field::CreateRevision | Field::ModRevision);
+                    match unknown {
+                        // A lost write's revision: known only to be positive.
+                        true => unknown_revision(*result, *operand),
+                        false => Some(result.holds(&found, operand)),
+                    }
+                }
             },
-            // etcd: a value compare on a missing key is false.
-            Cmp::Value { key, value } => Some(state.keys[key].is_some_and(|ks| ks.value == value)),
+            Cmp::Value { key, holds } => {
+                Some(state.keys[*key].is_some_and(|ks| holds.binary_search(&ks.value).is_ok()))
+            }
         };
         verdict = match (verdict, this) {
             (Some(false), _) | (_, Some(false)) => Some(false),
@@ -572,6 +631,11 @@ fn branches(state: &State, op: &ModelOp, compares: &[Cmp], output: &Output) -> V
         }
         _ => verdict.map_or(vec![true, false], |v| vec![v]),
     }
+}
+
+/// A compare of a revision known only to be positive: decided when the operand is not.
+fn unknown_revision(result: CompareResult, operand: i64) -> Option<bool> {
+    (operand <= 0).then(|| result.holds(&1, &operand))
 }
 
 /// Applies one branch's acts, checking each result the reply carries.
