@@ -63,10 +63,13 @@ pub enum Bug {
     /// (etcd: "nil == empty string in grpc; no way to represent missing value"), so `value <
     /// "x"` or `value != "x"` holds for a deleted key.
     CompareMissingValueAsEmpty,
+    /// A read at exactly the compact revision is refused as compacted, although compaction
+    /// keeps that revision (etcd serves it; a watch may start there).
+    CompactRevisionRefused,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 19] = [
+    pub const ALL: [Bug; 20] = [
         Bug::SkipFsync,
         Bug::VoteNotPersisted,
         Bug::SerializableAsLinearizable,
@@ -86,6 +89,7 @@ impl Bug {
         Bug::RangeChunksUnpinned,
         Bug::CheckpointNotReset,
         Bug::CompareMissingValueAsEmpty,
+        Bug::CompactRevisionRefused,
     ];
 
     /// The kebab-case name the simulator's `--bug` takes.
@@ -110,6 +114,7 @@ impl Bug {
             Bug::RangeChunksUnpinned => "range-chunks-unpinned",
             Bug::CheckpointNotReset => "checkpoint-not-reset",
             Bug::CompareMissingValueAsEmpty => "compare-missing-value-as-empty",
+            Bug::CompactRevisionRefused => "compact-revision-refused",
         }
     }
 

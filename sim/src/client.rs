@@ -47,14 +47,15 @@ use crate::history::{
     Call, Compare, CompareResult, Event, EventKind, Kv, NodeIx, Op, Outcome, Reply, Target, TxnOp,
     TxnResult, Watch, WatchEnd, WatchResponse,
 };
+use crate::history::{COMPACTED, FUTURE_REVISION};
 use crate::recorder::Recorder;
 use crate::scenario::Workload;
 
 /// Errors after which etcd guarantees the request changed nothing.
 const DEFINITE: &[&str] = &[
     "election: no leader",
-    "etcdserver: mvcc: required revision has been compacted",
-    "etcdserver: mvcc: required revision is a future revision",
+    COMPACTED,
+    FUTURE_REVISION,
     "etcdserver: requested lease not found",
     "etcdserver: too many operations in txn request",
     "etcdserver: request is too large",
@@ -500,6 +501,11 @@ struct ClientState {
     held: Vec<Vec<u8>>,
     /// Ranges this client has read, to alternate unary Range and RangeStream.
     ranges: u64,
+    /// The highest header revision this client was answered.
+    seen_revision: i64,
+    /// The lowest revision not known to be compacted: one above the highest revision a read
+    /// was refused as compacted.
+    compact_floor: i64,
 }
 
 impl ClientState {
@@ -512,6 +518,15 @@ impl ClientState {
         let node = self.member;
         let outcome = execute(&mut self.conns, node, &call, self.plan.workload.timeout.0).await;
         let complete = rec.now();
+        if let Outcome::Ok(
+            Reply::Get { revision, .. }
+            | Reply::Put { revision, .. }
+            | Reply::Delete { revision, .. }
+            | Reply::Txn { revision, .. },
+        ) = &outcome
+        {
+            self.seen_revision = self.seen_revision.max(*revision);
+        }
         if !matches!(outcome, Outcome::Ok(_)) {
             if !self.plan.workload.sticky {
                 self.member = (self.member + 1) % self.plan.members;
@@ -606,6 +621,41 @@ impl ClientState {
             failure,
         })
         .await;
+    }
+
+    /// A linearizable read at a past revision: any revision up to two past the highest this
+    /// client was answered, or, half the time once a read was refused as compacted, one at,
+    /// just below or just above the lowest revision not known to be compacted (where an
+    /// off-by-one in compaction shows). Every other one reads the whole key range.
+    async fn historical_read(&mut self, key: Vec<u8>) {
+        let (revision, whole) = {
+            let mut rng = madsim::rand::thread_rng();
+            let revision = if self.compact_floor > 1 && rng.gen_bool(0.5) {
+                self.compact_floor + rng.gen_range(-1..=1)
+            } else {
+                rng.gen_range(1..=self.seen_revision.max(1) + 2)
+            };
+            (revision, rng.gen_bool(0.5))
+        };
+        let call = match whole {
+            false => Call::Get {
+                key,
+                revision,
+                serializable: false,
+            },
+            true => Call::Range {
+                start: KEYS_START.to_vec(),
+                end: KEYS_END.to_vec(),
+                revision,
+                serializable: false,
+                stream: false,
+            },
+        };
+        if let Outcome::Failed(msg) = self.run(call).await {
+            if msg == COMPACTED {
+                self.compact_floor = self.compact_floor.max(revision + 1);
+            }
+        }
     }
 
     fn random_key(&self) -> Vec<u8> {
@@ -754,6 +804,7 @@ impl ClientState {
             mix.lock,
             mix.election,
             mix.compare_txn,
+            mix.historical_read,
         ];
         let total: u32 = weights.iter().sum();
         if total == 0 {
@@ -842,6 +893,7 @@ impl ClientState {
             8 => self.lock_and_unlock().await,
             9 => self.campaign_and_resign().await,
             10 => self.compare_txn(key).await,
+            11 => self.historical_read(key).await,
             6 => {
                 // Every other range of a client streams (no random draw: runs stay as they were).
                 self.ranges += 1;
@@ -883,6 +935,8 @@ pub async fn client_main(plan: ClientPlan) {
         lease_abandoned: None,
         held: Vec::new(),
         ranges: 0,
+        seen_revision: 0,
+        compact_floor: 1,
         plan,
     };
     let mix = &st.plan.workload.mix;

@@ -18,6 +18,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+/// etcd's refusal of a read below the compaction revision.
+pub const COMPACTED: &str = "etcdserver: mvcc: required revision has been compacted";
+/// etcd's refusal of a read beyond the current revision.
+pub const FUTURE_REVISION: &str = "etcdserver: mvcc: required revision is a future revision";
+
 /// Simulated nanoseconds since the start of the run.
 pub type Nanos = u64;
 

@@ -473,6 +473,9 @@ pub struct Mix {
     /// result (=, !=, >, <) against what the client just read of the key, give or take one,
     /// with puts, deletes and gets in its branches.
     pub compare_txn: u32,
+    /// A linearizable get or range at a past revision (around the compaction revision once
+    /// one was refused), judged by revision consistency and the refusal rules.
+    pub historical_read: u32,
 }
 
 impl Default for Mix {
@@ -489,6 +492,7 @@ impl Default for Mix {
             lock: 0,
             election: 0,
             compare_txn: 0,
+            historical_read: 0,
         }
     }
 }

@@ -72,6 +72,7 @@ fn candidates(s: &Scenario) -> Vec<Scenario> {
         m.range,
         m.lease_put,
         m.compare_txn,
+        m.historical_read,
     ];
     for (i, w) in weights.iter().enumerate() {
         if *w == 0 {
@@ -89,8 +90,9 @@ fn candidates(s: &Scenario) -> Vec<Scenario> {
                 &mut m.range,
                 &mut m.lease_put,
                 &mut m.compare_txn,
+                &mut m.historical_read,
             ];
-            *slot.into_iter().nth(i).expect("nine weights") = 0;
+            *slot.into_iter().nth(i).expect("ten weights") = 0;
         });
     }
     if s.cluster.voters > 1 {

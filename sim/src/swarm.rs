@@ -118,6 +118,7 @@ pub fn scenario(seed: u64) -> Scenario {
         lock: 0,
         election: 0,
         compare_txn: 0,
+        historical_read: 0,
     };
     let mut workload = Workload {
         clients: d.range(1, 6) as u32,
@@ -379,6 +380,10 @@ pub fn scenario(seed: u64) -> Scenario {
     // Txns compare every target with every result, not only mod_revision equality.
     if d.chance(0.5) {
         workload.mix.compare_txn = d.range(5, 30) as u32;
+    }
+    // Reads at past revisions, around the compaction revision once one is refused.
+    if d.chance(0.5) {
+        workload.mix.historical_read = d.range(5, 20) as u32;
     }
     let names: Vec<String> = families
         .iter()

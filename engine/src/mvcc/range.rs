@@ -38,6 +38,7 @@ use std::iter::Peekable;
 use prost::Message;
 
 use crate::backend::{BackendError, KvBackend};
+use crate::bugs::{self, Bug};
 use crate::error::{Error, EtcdError};
 use crate::proto::etcdserverpb::range_request::{SortOrder, SortTarget};
 use crate::proto::etcdserverpb::{RangeRequest, RangeResponse, ResponseHeader};
@@ -113,7 +114,10 @@ impl<'a> ReadView<'a> {
             return Err(EtcdError::FutureRev);
         }
         let at = if revision <= 0 { self.head } else { revision };
-        if at < self.store.compact_revision {
+        let bug = bugs::active(self.store.bug, Bug::CompactRevisionRefused)
+            && revision > 0
+            && at == self.store.compact_revision;
+        if at < self.store.compact_revision || bug {
             return Err(EtcdError::Compacted);
         }
         Ok(at)

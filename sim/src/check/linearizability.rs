@@ -35,6 +35,11 @@
 //!    search exceeds the step budget, or that holds a txn touching more than
 //!    [`TXN_KEYS_MAX`] keys, gets a note, not a verdict.
 //!
+//! 7. **Refusals**: a linearizable read at a past revision refused as compacted names a
+//!    revision below one some compaction (answered or lost) asked for before the refusal; one
+//!    refused as a future revision names a revision above every header revision answered
+//!    before the read was invoked.
+//!
 //! Bug classes: stale reads (etcd #20418, reads after a pause; Jepsen 2014), lost or doubled
 //! writes, revisions reused or going backwards (#13766, #17780), txn compares evaluated on a
 //! stale state, wrong prev_kv or version.
@@ -59,6 +64,7 @@ use super::{
 };
 use crate::history::{
     Call, EventKind, History, Key, Kv, Nanos, Outcome, Reply, TxnOp, TxnResult, Violation,
+    COMPACTED, FUTURE_REVISION,
 };
 
 /// Search steps per component before giving up on it.
@@ -102,6 +108,7 @@ pub fn check_with_budget(h: &History, budget: u64) -> (Vec<Violation>, Stats) {
     real_time_order(h, &mut f);
     session_order(h, &mut f);
     revision_consistency(h, &obs, &mut f);
+    refusals(h, &mut f);
     let stats = search(h, &obs, budget, &mut f);
     (f.finish(), stats)
 }
@@ -219,6 +226,74 @@ struct Consistency<'h> {
     obs: &'h Observations,
     removers: HashMap<&'h Key, Nanos>,
     watched_deletes: HashMap<&'h Key, BTreeSet<i64>>,
+}
+
+/// Rule 7: historical reads refused as compacted or as future revisions were refused rightly.
+fn refusals(h: &History, f: &mut Findings) {
+    let compactions: Vec<(i64, Nanos)> = h
+        .ops
+        .iter()
+        .filter_map(|op| match (&op.call, &op.outcome) {
+            (Call::Compact { revision }, Outcome::Ok(_) | Outcome::Unknown(_)) => {
+                Some((*revision, op.invoke))
+            }
+            _ => None,
+        })
+        .collect();
+    let answered: Vec<(Nanos, i64, usize)> = h
+        .ops
+        .iter()
+        .enumerate()
+        .filter_map(|(i, op)| Some((op.complete, header_revision(op)?, i)))
+        .collect();
+    let mut refused_future = Vec::new();
+    for (i, op) in h.ops.iter().enumerate() {
+        let revision = match &op.call {
+            Call::Get {
+                revision,
+                serializable: false,
+                ..
+            }
+            | Call::Range {
+                revision,
+                serializable: false,
+                ..
+            } if *revision > 0 => *revision,
+            _ => continue,
+        };
+        let Outcome::Failed(msg) = &op.outcome else {
+            continue;
+        };
+        if msg == COMPACTED
+            && !compactions
+                .iter()
+                .any(|&(compact, invoked)| compact > revision && invoked < op.complete)
+        {
+            f.push(format!(
+                "{} at revision {revision} was refused as compacted, but no compaction above \
+                 revision {revision} was asked for before {}",
+                name(&h.ops[i]),
+                at(op.complete)
+            ));
+        }
+        if msg == FUTURE_REVISION {
+            refused_future.push((op.invoke, i));
+        }
+    }
+    for (i, seen, by) in max_before(&answered, &refused_future) {
+        let op = &h.ops[i];
+        let (Call::Get { revision, .. } | Call::Range { revision, .. }) = &op.call else {
+            continue;
+        };
+        if seen >= *revision {
+            f.push(format!(
+                "{} at revision {revision} was refused as a future revision, but {} had \
+                 answered revision {seen} before it was invoked",
+                name(op),
+                name(&h.ops[by])
+            ));
+        }
+    }
 }
 
 fn revision_consistency(h: &History, obs: &Observations, f: &mut Findings) {

@@ -425,6 +425,7 @@ fn historical_read_shows_the_state_at_its_revision() {
         50,
         get_ok(3, vec![kv("k", "v1", 2, 2, 1)]),
     );
+    run.op(3, compact(2), 52, 55, compact_ok(3));
     run.op(
         2,
         get_at("k", 1),
@@ -606,4 +607,50 @@ fn two_thousand_concurrent_ops_check_quickly() {
         assert!(took < std::time::Duration::from_secs(10), "took {took:?}");
     }
     h.ops.clear();
+}
+
+#[test]
+fn refusals_of_past_revisions_need_a_compaction_or_a_future() {
+    let mut run = Run::new();
+    run.op(1, put("k", "v1"), 0, 10, put_ok(2));
+    run.op(1, put("k", "v2"), 20, 30, put_ok(3));
+    run.op(2, compact(3), 40, 50, compact_ok(3));
+    // Below the compaction: refused rightly; at it: read.
+    run.op(3, get_at("k", 2), 60, 70, failed(COMPACTED));
+    run.op(
+        3,
+        get_at("k", 3),
+        80,
+        90,
+        get_ok(3, vec![kv("k", "v2", 2, 3, 2)]),
+    );
+    // Beyond every revision answered so far: refused rightly.
+    run.op(3, get_at("k", 5), 100, 110, failed(FUTURE_REVISION));
+    assert_clean(&run);
+
+    // A refusal at the compaction revision itself: nothing compacted it.
+    run.op(3, get_at("k", 3), 120, 130, failed(COMPACTED));
+    assert_caught(&run, "at revision 3 was refused as compacted");
+
+    let mut run = Run::new();
+    run.op(1, put("k", "v1"), 0, 10, put_ok(2));
+    // Revision 2 was answered before the read was invoked: it is not in the future.
+    run.op(3, get_at("k", 2), 20, 30, failed(FUTURE_REVISION));
+    assert_caught(
+        &run,
+        "at revision 2 was refused as a future revision, but op",
+    );
+    // A compaction asked for after the refusal cannot explain it; a lost one asked before can.
+    let mut run = Run::new();
+    run.op(1, put("k", "v1"), 0, 10, put_ok(2));
+    run.op(1, put("k", "v2"), 20, 30, put_ok(3));
+    run.op(3, get_at("k", 2), 40, 50, failed(COMPACTED));
+    run.op(2, compact(3), 60, 70, compact_ok(3));
+    assert_caught(&run, "no compaction above revision 2 was asked for before");
+    let mut run = Run::new();
+    run.op(1, put("k", "v1"), 0, 10, put_ok(2));
+    run.op(1, put("k", "v2"), 20, 30, put_ok(3));
+    run.op(2, compact(3), 35, 500, lost());
+    run.op(3, get_at("k", 2), 40, 50, failed(COMPACTED));
+    assert_clean(&run);
 }
