@@ -552,22 +552,30 @@ impl ClientState {
         format!("c{}-{}", self.plan.id, self.seq).into_bytes()
     }
 
+    /// A linearizable get of `key`: what it holds now, or None if the read failed.
+    async fn read_current(&mut self, key: &[u8]) -> Option<Option<Kv>> {
+        let seen = self
+            .run(Call::Get {
+                key: key.to_vec(),
+                revision: 0,
+                serializable: false,
+            })
+            .await;
+        match seen {
+            Outcome::Ok(Reply::Get { mut kvs, .. }) => Some(kvs.pop()),
+            _ => None,
+        }
+    }
+
     /// A txn guarded by one compare of a random target and result against what the client
     /// just read of `key` (the field itself, one below or one above; for values a prefix or an
     /// extension), putting `key` and reading another key on success, deleting the other key
     /// and reading `key` on failure.
     async fn compare_txn(&mut self, key: Vec<u8>) {
-        let seen = self
-            .run(Call::Get {
-                key: key.clone(),
-                revision: 0,
-                serializable: false,
-            })
-            .await;
-        let Outcome::Ok(Reply::Get { kvs, .. }) = seen else {
+        let Some(kv) = self.read_current(&key).await else {
             return;
         };
-        let kv = kvs.first();
+        let kv = kv.as_ref();
         let (which, nudge, result, other) = {
             let mut rng = madsim::rand::thread_rng();
             (
@@ -577,27 +585,7 @@ impl ClientState {
                 self.random_key(),
             )
         };
-        let field = |f: fn(&Kv) -> i64| kv.map_or(0, f) + nudge;
-        let target = match which {
-            0 => Target::Version(field(|kv| kv.version)),
-            1 => Target::CreateRevision(field(|kv| kv.create_revision)),
-            2 => Target::ModRevision(field(|kv| kv.mod_revision)),
-            3 => {
-                let mut value = kv.map(|kv| kv.value.clone()).unwrap_or_default();
-                match nudge {
-                    -1 => {
-                        value.pop();
-                    }
-                    1 => value.push(b'~'),
-                    _ => {}
-                }
-                Target::Value(value)
-            }
-            _ => Target::Lease(match nudge {
-                0 => kv.map_or(0, |kv| kv.lease),
-                _ => self.lease,
-            }),
-        };
+        let target = Target::near(which, kv, nudge, self.lease);
         let value = self.value();
         let (mut success, mut failure) = (
             vec![TxnOp::Put {
@@ -843,17 +831,10 @@ impl ClientState {
                 self.run(Call::Delete { key, prev_kv: true }).await;
             }
             4 => {
-                let seen = self
-                    .run(Call::Get {
-                        key: key.clone(),
-                        revision: 0,
-                        serializable: false,
-                    })
-                    .await;
-                let Outcome::Ok(Reply::Get { kvs, .. }) = seen else {
+                let Some(kv) = self.read_current(&key).await else {
                     return;
                 };
-                let rev = kvs.first().map(|k| k.mod_revision).unwrap_or(0);
+                let rev = kv.map(|k| k.mod_revision).unwrap_or(0);
                 let value = self.value();
                 self.run(Call::Txn {
                     compares: vec![Compare::mod_revision(key.clone(), rev)],

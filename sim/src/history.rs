@@ -60,6 +60,35 @@ pub enum Target {
     Lease(i64),
 }
 
+impl Target {
+    /// Target number `which` (0 version, 1 create_revision, 2 mod_revision, 3 value, 4 lease)
+    /// with an operand next to what `kv` holds (absent: zeroes and the empty value): the field
+    /// itself (`nudge` 0), one below (-1) or one above (+1); for a value, itself, one byte
+    /// shorter or with `~` appended; for a lease, itself or `other_lease`. Off-by-one errors
+    /// show at these operands.
+    pub fn near(which: u8, kv: Option<&Kv>, nudge: i64, other_lease: i64) -> Target {
+        let field = |f: fn(&Kv) -> i64| kv.map_or(0, f) + nudge;
+        match which {
+            0 => Target::Version(field(|kv| kv.version)),
+            1 => Target::CreateRevision(field(|kv| kv.create_revision)),
+            2 => Target::ModRevision(field(|kv| kv.mod_revision)),
+            3 => {
+                let mut value = kv.map(|kv| kv.value.clone()).unwrap_or_default();
+                match nudge {
+                    -1 => drop(value.pop()),
+                    1 => value.push(b'~'),
+                    _ => {}
+                }
+                Target::Value(value)
+            }
+            _ => Target::Lease(match nudge {
+                0 => kv.map_or(0, |kv| kv.lease),
+                _ => other_lease,
+            }),
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CompareResult {
     Equal,

@@ -257,22 +257,7 @@ fn to_call(g: &Gen, n: usize, store: &Store) -> Call {
         },
         Gen::CompareTxn(k, target, result, nudge, other) => {
             let kv = store.keys.get(&key(k));
-            let field = |f: fn(&Kv) -> i64| kv.map_or(0, f) + nudge;
-            let target = match target {
-                0 => Target::Version(field(|kv| kv.version)),
-                1 => Target::CreateRevision(field(|kv| kv.create_revision)),
-                2 => Target::ModRevision(field(|kv| kv.mod_revision)),
-                3 => {
-                    let mut v = kv.map(|kv| kv.value.clone()).unwrap_or_default();
-                    match nudge {
-                        -1 => drop(v.pop()),
-                        1 => v.push(b'~'),
-                        _ => {}
-                    }
-                    Target::Value(v)
-                }
-                _ => Target::Lease(field(|kv| kv.lease)),
-            };
+            let target = Target::near(target, kv, nudge, 0);
             let mut success = vec![TxnOp::Put {
                 key: key(k),
                 value: value(),
